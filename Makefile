@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test test-fast lint format venv clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	DEMO_DIR=$(DEMO_DIR) PYTHON=$(PY) bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check solo_tf export tests benchmarks scripts
+	$(PY) -m ruff format --check solo_tf export tests benchmarks scripts
+
+format: $(VENV)/.installed
+	$(PY) -m ruff format solo_tf export tests benchmarks scripts
+	$(PY) -m ruff check --fix solo_tf export tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

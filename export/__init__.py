@@ -1,0 +1,1 @@
+"""Export to SavedModel (TF Serving) and TFLite."""

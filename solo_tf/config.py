@@ -1,0 +1,203 @@
+"""Frozen configuration dataclasses shared by every part of solo-tf.
+
+The library takes these as explicit arguments; only entry points (``solo_tf.train`` and
+friends) turn absl flags into them. Defaults are the reference hyperparameters of the
+authors' public SOLO configs (see ``shared/DESIGN.md``) unless a field says otherwise.
+
+Shape letters used across the package:
+  B batch, H W padded input height/width, S grid size of one level, C classes,
+  N instances (padded to ``max_instances``), G total grid cells over levels (sum S_l^2),
+  K detections kept after post-processing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+HeadType = Literal["vanilla", "decoupled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network: backbone, FPN and SOLO head."""
+
+    num_classes: int = 80
+    backbone_depth: int = 50  # 18, 34, 50 or 101 (keras-cv ResNetBackbone, v1 blocks)
+    freeze_stem_and_stage1: bool = True
+    freeze_batchnorm: bool = True  # BatchNorm in inference mode, as in the reference
+    fpn_channels: int = 256
+    head_type: HeadType = "vanilla"
+    head_channels: int = 256
+    stacked_convs: int = 7
+    norm_groups: int = 32
+    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
+    # Stride at which each level's head runs (P2 resized down to 8, P6 up to 32).
+    strides: tuple[int, ...] = (8, 8, 16, 32, 32)
+    prior_prob: float = 0.01
+    coord_conv: bool = True
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.num_grids)
+
+    @property
+    def mask_strides(self) -> tuple[int, ...]:
+        """Stride of each level's mask prediction: the head upsamples its features by 2."""
+        return tuple(s // 2 for s in self.strides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """Label assignment (``solo_tf.targets``)."""
+
+    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
+    # Inclusive ranges on sqrt(w * h) of an instance's box, one per level, in input pixels.
+    scale_ranges: tuple[tuple[float, float], ...] = (
+        (1, 96),
+        (48, 192),
+        (96, 384),
+        (192, 768),
+        (384, 2048),
+    )
+    # Centre region: mass centre +- epsilon * half the box size.
+    center_epsilon: float = 0.2
+    max_instances: int = 100
+    # Instance masks for the loss are stored at this stride of the padded input (the finest
+    # mask stride of the head); coarser levels pool them.
+    mask_stride: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Focal + Dice loss (``solo_tf.losses``)."""
+
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    cate_weight: float = 1.0
+    mask_weight: float = 3.0  # lambda of the paper
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """Inference (``solo_tf.postprocess``): the authors' test config."""
+
+    nms_pre: int = 500
+    score_threshold: float = 0.1
+    mask_threshold: float = 0.5
+    update_threshold: float = 0.05
+    nms_type: Literal["matrix", "mask"] = "matrix"
+    kernel: Literal["gaussian", "linear"] = "gaussian"
+    sigma: float = 2.0
+    mask_nms_iou: float = 0.5  # only for nms_type="mask"
+    max_detections: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline (``solo_tf.data``)."""
+
+    train_annotations: str = ""
+    train_images: str = ""
+    val_annotations: str = ""
+    val_images: str = ""
+    train_tfrecords: str = ""  # glob; used instead of the JSON when set
+    val_tfrecords: str = ""
+    # Aspect-preserving resize: short side drawn from this list, long side capped.
+    short_sides: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    max_long_side: int = 1333
+    eval_short_side: int = 800
+    # Every image is padded (bottom/right) to this fixed shape so batches have one shape.
+    # The resize also keeps the image inside it.
+    output_size: tuple[int, int] = (1344, 1344)
+    flip_probability: float = 0.5
+    skip_empty: bool = True  # training: drop images without usable instances
+    bad_sample_policy: Literal["error", "skip"] = "error"
+    deterministic: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The custom training loop (``solo_tf.train_lib``)."""
+
+    model_dir: str = ""
+    global_batch_size: int = 16
+    learning_rate: float = 0.01  # for global batch 16; not rescaled automatically
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    epochs: float = 36.0
+    decay_epochs: tuple[float, ...] = (27.0, 33.0)
+    decay_rate: float = 0.1
+    total_steps: int = 0  # when > 0 overrides epochs, and decay_steps replaces decay_epochs
+    decay_steps: tuple[int, ...] = ()
+    clip_norm: float = 35.0
+    steps_per_loop: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # steps; 0 disables periodic evaluation
+    mixed_precision: Literal["", "bfloat16", "float16"] = ""
+    jit_compile: bool = False
+    strategy: Literal["mirrored", "one_device", "multi_worker", "tpu"] = "mirrored"
+    pretrained_backbone: str = ""  # keras-cv preset handle, local preset dir or .weights.h5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SOLOConfig:
+    """Everything one experiment needs."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    targets: TargetConfig = dataclasses.field(default_factory=TargetConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if tuple(self.model.num_grids) != tuple(self.targets.num_grids):
+            raise ValueError(
+                f"model.num_grids {self.model.num_grids} != targets.num_grids "
+                f"{self.targets.num_grids}"
+            )
+        if len(self.targets.scale_ranges) != len(self.targets.num_grids):
+            raise ValueError("targets.scale_ranges needs one (low, high) pair per level")
+        if self.targets.mask_stride != min(self.model.mask_strides):
+            raise ValueError(
+                f"targets.mask_stride {self.targets.mask_stride} must equal the finest mask "
+                f"stride of the head {min(self.model.mask_strides)}"
+            )
+
+
+def to_dict(config) -> dict:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict) -> SOLOConfig:
+    """Inverse of ``to_dict`` for ``SOLOConfig``; unknown keys raise a KeyError naming them."""
+
+    def build(cls, values):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise KeyError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        kwargs = {}
+        for name, value in values.items():
+            if isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    return SOLOConfig(
+        model=build(ModelConfig, data.get("model", {})),
+        targets=build(TargetConfig, data.get("targets", {})),
+        loss=build(LossConfig, data.get("loss", {})),
+        postprocess=build(PostprocessConfig, data.get("postprocess", {})),
+        data=build(DataConfig, data.get("data", {})),
+        train=build(TrainConfig, data.get("train", {})),
+    )

@@ -1,0 +1,1 @@
+"""Input pipeline: readers, the embedded synthetic dataset, augmentation."""

@@ -1,0 +1,1 @@
+"""Keras 3 layers and models: backbone, FPN, SOLO heads."""
