@@ -24,6 +24,9 @@ class ModelConfig:
 
     num_classes: int = 80
     backbone_depth: int = 50  # 18, 34, 50 or 101 (keras-cv ResNetBackbone, v1 blocks)
+    # Stage widths; () means the standard (64, 128, 256, 512). Narrow ResNets train the
+    # embedded dataset from scratch on a CPU.
+    backbone_filters: tuple[int, ...] = ()
     freeze_stem_and_stage1: bool = True
     freeze_batchnorm: bool = True  # BatchNorm in inference mode, as in the reference
     fpn_channels: int = 256

@@ -1,0 +1,43 @@
+"""Trains SOLO: ``python -m solo_tf.train --flagfile experiments/r50.flags``.
+
+Every config field is a flag (``--helpfull`` lists them); a run resumes from ``--model_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from solo_tf import flags as solo_flags
+
+solo_flags.define_flags()
+flags.DEFINE_bool("eval_at_end", True, "Evaluate mask AP on the validation split at the end.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    config = solo_flags.config_from_flags()
+    if not config.train.model_dir:
+        raise app.UsageError("--model_dir is required")
+    os.makedirs(config.train.model_dir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("train", config.train.model_dir)
+    # Imported here so that --helpfull does not pay for TensorFlow's start-up.
+    from solo_tf import eval_lib, train_lib  # noqa: PLC0415
+
+    train_lib.keras_policy(config.train.mixed_precision)
+    has_val = bool(config.data.val_annotations or config.data.val_tfrecords)
+    eval_fn = eval_lib.make_eval_fn(config) if has_val else None
+    metrics = train_lib.train(config, eval_fn=eval_fn)
+    logging.info("Training stopped at step %d: %s", metrics["step"], metrics)
+    if FLAGS.eval_at_end and eval_fn is not None and not metrics["stopped_by_sigterm"]:
+        from solo_tf import inference  # noqa: PLC0415
+
+        model = inference.load_model(config.train.model_dir)
+        result = eval_fn(model)
+        logging.info("Final mask AP: %s", result)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,306 @@
+"""The custom training loop: tf.distribute, checkpoints, summaries and progress.
+
+One replica step (``make_replica_step``) computes the SOLO loss with positives counted over
+the *global* batch, so that per-replica losses and gradients add up to those of the whole
+batch; the gradients are all-reduced, clipped and decayed once (``solo_tf.optimization``).
+``train`` drives several steps per ``tf.function`` call, saves and resumes checkpoints, stops
+cleanly on SIGTERM and stops on a non-finite loss without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from solo_tf import config as cfg
+from solo_tf import distribute, losses, optimization
+from solo_tf.data import inputs
+from solo_tf.modeling import factory
+
+LOSS_KEYS = ("loss", "loss_cate", "loss_mask")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training step produced a NaN or Inf loss."""
+
+
+def level_sizes(num_grids) -> list[int]:
+    return [s * s for s in num_grids]
+
+
+def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None):
+    """Returns ``step(batch) -> dict`` of per-replica metrics; call inside ``strategy.run``."""
+    tconf = config.train
+    sizes = level_sizes(config.model.num_grids)
+
+    def step(batch):
+        ctx = tf.distribute.get_replica_context()
+        targets = batch["targets"]
+        positive = tf.cast(targets["cate_targets"] >= 0, tf.float32)  # [B, G]
+        num_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(positive))
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            terms = losses.solo_loss(
+                outputs, targets, config.model, config.loss, num_pos_global=num_pos
+            )
+            loss = terms["loss"]
+            if loss_scale is not None:
+                loss = loss * loss_scale
+        grads = tape.gradient(loss, variables)
+        if loss_scale is not None:
+            grads = [None if g is None else tf.cast(g, tf.float32) / loss_scale for g in grads]
+        grads, grad_norm = optimization.reduce_and_clip(
+            grads, variables, tconf.clip_norm, tconf.weight_decay
+        )
+        finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(terms["loss"])
+        # A non-finite step applies zero gradients: weights stay finite, the loop stops
+        # (float32/bfloat16) or lowers the loss scale (float16).
+        grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+        optimization.apply_reduced_gradients(optimizer, grads, variables)
+        pos_per_level = tf.split(tf.reduce_sum(positive, 0), sizes)
+        metrics = {k: terms[k] for k in LOSS_KEYS}
+        metrics["grad_norm"] = grad_norm / ctx.num_replicas_in_sync
+        metrics["finite"] = tf.cast(finite, tf.float32) / ctx.num_replicas_in_sync
+        for level, count in enumerate(pos_per_level):
+            metrics[f"positives/level_{level}"] = tf.reduce_sum(count)
+        return metrics
+
+    return step
+
+
+class DynamicLossScale:
+    """float16 loss scaling: halve on overflow, double after ``period`` good steps."""
+
+    def __init__(self, initial=2.0**15, period=2000):
+        self.scale = tf.Variable(initial, trainable=False, dtype=tf.float32)
+        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64)
+        self.period = period
+
+    def update(self, finite):
+        good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grow = good >= self.period
+        grown = tf.where(grow, self.scale * 2.0, self.scale)
+        self.scale.assign(tf.where(finite, grown, tf.maximum(self.scale / 2.0, 1.0)))
+        self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+
+
+def make_train_loop(strategy, replica_step, loss_scaler=None, jit_compile=False):
+    """Returns a tf.function running ``num_steps`` steps; metrics are summed over replicas
+    and averaged over steps."""
+
+    def one_step(iterator):
+        per_replica = strategy.run(replica_step, args=(next(iterator),))
+        return {
+            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()
+        }
+
+    @tf.function
+    def loop(iterator, num_steps):
+        totals = one_step(iterator)
+        finite_all = totals["finite"] > 0.5
+        if loss_scaler is not None:
+            loss_scaler.update(finite_all)
+        for _ in tf.range(num_steps - 1):
+            metrics = one_step(iterator)
+            step_finite = metrics["finite"] > 0.5
+            finite_all = finite_all & step_finite
+            if loss_scaler is not None:
+                loss_scaler.update(step_finite)
+            totals = {k: totals[k] + metrics[k] for k in totals}
+        n = tf.cast(num_steps, tf.float32)
+        out = {k: v / n for k, v in totals.items()}
+        out["finite"] = tf.cast(finite_all, tf.float32)
+        return out
+
+    return loop
+
+
+def _save_metadata(model_dir, config, label_map):
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(cfg.to_dict(config), f, indent=2)
+    label_map.to_json(os.path.join(model_dir, "label_map.json"))
+
+
+def build_state(config: cfg.SOLOConfig, strategy, steps_per_epoch: int):
+    """Model, optimiser and checkpoint, created inside the strategy's scope."""
+    with strategy.scope():
+        model = factory.build_model(config.model)
+        h, w = config.data.output_size
+        model(tf.zeros([1, h, w, 3]))  # create variables
+        if config.train.pretrained_backbone:
+            factory.load_pretrained_backbone(model, config.train.pretrained_backbone)
+        optimizer = optimization.build_optimizer(config.train, steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    return model, optimizer, checkpoint
+
+
+def _checkpoint_dir(model_dir, strategy):
+    if distribute.is_chief(strategy):
+        return model_dir
+    # Non-chief workers must save too (collectives) but somewhere thrown away.
+    task_id = strategy.cluster_resolver.task_id
+    return os.path.join(model_dir, f".worker_tmp_{task_id}")
+
+
+class _Sigterm:
+    """Turns SIGTERM into a flag the loop checks between tf.function calls."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+        self.received = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _steps_this_call(step, total, config: cfg.TrainConfig):
+    """Steps to run before the next checkpoint, evaluation or the end."""
+    n = min(config.steps_per_loop, total - step)
+    for every in (config.checkpoint_every, config.eval_every):
+        if every > 0:
+            n = min(n, every - step % every)
+    return max(n, 1)
+
+
+def _write_summaries(writer, step, metrics, lr, images_per_s):
+    with writer.as_default(step=step):
+        for key, value in metrics.items():
+            if key != "finite":
+                tf.summary.scalar(key if "/" in key else f"losses/{key}", value)
+        tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar("throughput/images_per_s", images_per_s)
+
+
+def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True) -> dict:
+    """Trains (or resumes) the run in ``config.train.model_dir``; returns the last metrics.
+
+    ``eval_fn(model) -> dict`` with an ``AP`` key, when given, runs every ``eval_every``
+    steps; the best checkpoint so far is copied to ``model_dir/best``.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency of the entry point
+
+    tconf = config.train
+    strategy = strategy or distribute.create_strategy(tconf.strategy)
+    source = inputs.open_source(config.data, "train")
+    steps_per_epoch = max(1, source.num_images // tconf.global_batch_size)
+    total_steps, _ = optimization.total_and_decay_steps(tconf, steps_per_epoch)
+    model, optimizer, checkpoint = build_state(config, strategy, steps_per_epoch)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        _save_metadata(tconf.model_dir, config, source.label_map)
+    manager = tf.train.CheckpointManager(
+        checkpoint, _checkpoint_dir(tconf.model_dir, strategy), max_to_keep=tconf.keep_checkpoints
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s", manager.latest_checkpoint)
+    step = int(optimizer.iterations.numpy())
+    input_fn = inputs.train_input_fn(config, source, start_step=step)
+    iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+    scaler = None
+    if tconf.mixed_precision == "float16":
+        with strategy.scope():
+            scaler = DynamicLossScale()
+    replica_step = make_replica_step(
+        model, optimizer, config, loss_scale=None if scaler is None else scaler.scale
+    )
+    loop = make_train_loop(strategy, replica_step, scaler)
+    writer = tf.summary.create_file_writer(
+        os.path.join(tconf.model_dir, "train") if chief else os.path.join("/tmp", "solo_null")
+    )
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and chief), unit="step")
+    sigterm = _Sigterm()
+    metrics, best_ap = {}, _read_best(tconf.model_dir)
+    try:
+        while step < total_steps and not sigterm.received:
+            n = _steps_this_call(step, total_steps, tconf)
+            start = time.perf_counter()
+            metrics = {k: float(v) for k, v in loop(iterator, tf.constant(n)).items()}
+            seconds = time.perf_counter() - start
+            if metrics["finite"] < 0.5 and scaler is None:
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient within steps {step + 1}..{step + n} "
+                    f"(loss={metrics['loss']}); stopping. The last good checkpoint is kept: "
+                    f"{manager.latest_checkpoint}"
+                )
+            step = int(optimizer.iterations.numpy())
+            lr = float(optimizer.learning_rate)
+            ips = n * tconf.global_batch_size / seconds
+            bar.update(n)
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.3f}", cate=f"{metrics['loss_cate']:.3f}",
+                mask=f"{metrics['loss_mask']:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}",
+            )
+            _write_summaries(writer, step, metrics, lr, ips)
+            if step % tconf.checkpoint_every == 0 or step >= total_steps or sigterm.received:
+                manager.save(checkpoint_number=step)
+            if eval_fn is not None and tconf.eval_every > 0 and (
+                step % tconf.eval_every == 0 or step >= total_steps
+            ):
+                best_ap = _evaluate_and_keep_best(
+                    eval_fn, model, step, writer, manager, tconf.model_dir, best_ap, chief
+                )
+    finally:
+        bar.close()
+        sigterm.restore()
+        writer.flush()
+    metrics["step"] = step
+    metrics["stopped_by_sigterm"] = sigterm.received
+    return metrics
+
+
+def _read_best(model_dir) -> float:
+    path = os.path.join(model_dir, "best", "metrics.json")
+    if not tf.io.gfile.exists(path):
+        return -1.0
+    with tf.io.gfile.GFile(path) as f:
+        return float(json.load(f).get("AP", -1.0))
+
+
+def _evaluate_and_keep_best(eval_fn, model, step, writer, manager, model_dir, best_ap, chief):
+    """Runs ``eval_fn``, logs AP, and copies the latest checkpoint to ``best/`` if better."""
+    result = eval_fn(model)
+    ap = float(result["AP"])
+    logging.info("step %d: mask AP %.4f (best so far %.4f)", step, ap, best_ap)
+    with writer.as_default(step=step):
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            if key in result:
+                tf.summary.scalar(f"eval/{key}", float(result[key]))
+    if ap > best_ap and chief:
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
+            f"-{step}"
+        ):
+            manager.save(checkpoint_number=step)
+        best_dir = os.path.join(model_dir, "best")
+        if tf.io.gfile.exists(best_dir):
+            tf.io.gfile.rmtree(best_dir)
+        tf.io.gfile.makedirs(best_dir)
+        prefix = manager.latest_checkpoint
+        for path in tf.io.gfile.glob(prefix + ".*"):
+            tf.io.gfile.copy(path, os.path.join(best_dir, os.path.basename(path)))
+        with tf.io.gfile.GFile(os.path.join(best_dir, "metrics.json"), "w") as f:
+            json.dump({"step": step, **{k: float(v) for k, v in result.items()
+                                         if isinstance(v, (int, float, np.floating))}}, f)
+        return ap
+    return best_ap
+
+
+def keras_policy(mixed_precision: str) -> None:
+    """Sets the global Keras dtype policy for ``--mixed_precision``."""
+    policy = {"": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+    keras.mixed_precision.set_global_policy(policy[mixed_precision])
