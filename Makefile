@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	DEMO_DIR=$(DEMO_DIR) PYTHON=$(PY) bash scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) PYTHON=$(abspath $(PY)) $(PY) scripts/demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -q
