@@ -1,0 +1,393 @@
+"""COCO reader: an instances JSON and an image folder -> decoded examples.
+
+``CocoReader(...).dataset()`` yields the dict of ``docs/architecture.md`` section 1:
+``image`` uint8 [H0, W0, 3], ``masks`` uint8 [N, H0, W0], ``classes`` int32 [N] (contiguous
+indices, see ``LabelMap``), ``is_crowd`` bool [N], ``image_id`` int64 [], ``original_size``
+int32 [2].
+
+Images: JPEG and PNG are decoded with ``tf.io.decode_image``, the op Model Garden's
+``TfExampleDecoder`` uses, so an image read here and one read back from our TFRecords are
+identical to the bit (JPEG decoders differ by a few levels between libraries). Other formats
+(BMP, GIF, TIFF, WebP...) go through PIL. Every mode ends as RGB uint8: grey is replicated,
+alpha dropped, palettes expanded, CMYK converted, 16-bit samples keep their high byte.
+EXIF orientation is ignored on purpose: COCO annotations refer to the stored pixels.
+
+Validation: the JSON structure and ids are checked in ``__init__`` (always a ``ValueError``),
+and so is every segmentation (RLE size and length, polygon points and area), which follows
+``bad_sample_policy``. Image files are only opened while decoding. With ``"error"`` a bad
+sample raises ``BadSampleError`` (inside tf.data it surfaces as a ``tf.errors`` exception
+carrying the same message: file, image id, annotation id). With ``"skip"`` it is dropped,
+logged and counted in ``reader.skipped``; only a degenerate polygon (zero area) or an empty
+mask drops less than the whole image, since dropping them cannot mislabel a pixel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+
+from solo_tf.data import errors
+from solo_tf.data.label_map import LabelMap
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# (key, dtype, static shape) of the decoded example, in py_function output order.
+_SPEC = (
+    ("image", tf.uint8, [None, None, 3]),
+    ("masks", tf.uint8, [None, None, None]),
+    ("classes", tf.int32, [None]),
+    ("is_crowd", tf.bool, [None]),
+    ("image_id", tf.int64, []),
+    ("original_size", tf.int32, [2]),
+)
+
+
+def is_tf_decodable(data: bytes) -> bool:
+    """Whether the bytes are JPEG or PNG, the formats decoded with TensorFlow's own op."""
+    return data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)
+
+
+def decode_image_bytes(data: bytes) -> np.ndarray:
+    """Decodes an encoded image of any mode to RGB uint8 [H, W, 3] (see the module doc)."""
+    if is_tf_decodable(data):
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode.startswith("I"):  # 16/32-bit integer samples: keep the high byte
+            grey = np.right_shift(np.asarray(image).astype(np.uint32), 8)
+            grey = np.minimum(grey, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
+        if image.mode == "F":
+            raise ValueError("floating-point images are not supported")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Instance:
+    annotation_id: int
+    class_index: int
+    is_crowd: bool
+    area: float | None  # the JSON's "area", when present
+    segmentation: object  # validated; degenerate polygons removed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+    instances: tuple[_Instance, ...]
+
+
+class CocoReader:
+    """Reads a COCO instances JSON and its image folder; ``dataset()`` decodes in parallel."""
+
+    def __init__(
+        self,
+        annotation_file: str,
+        image_dir: str,
+        skip_empty: bool = False,
+        bad_sample_policy: str = "error",
+    ):
+        self._annotation_file = annotation_file
+        self._image_dir = image_dir
+        self._skip_empty = skip_empty
+        self._policy = errors.check_policy(bad_sample_policy)
+        self._skips = errors.SkipLog()
+        data = _load_json(annotation_file)
+        errors.validate_structure(data, annotation_file)
+        self._label_map = LabelMap.from_coco_categories(data["categories"])
+        self._coco = COCO()
+        self._coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self._coco.createIndex()
+        self._entries = []
+        for image in data["images"]:
+            entry = self._make_entry(image)
+            if entry is None:
+                continue
+            if skip_empty and not any(not inst.is_crowd for inst in entry.instances):
+                continue
+            self._entries.append(entry)
+        logging.info(
+            "%s: %d of %d images kept (skip_empty=%s), skipped: %s",
+            annotation_file,
+            len(self._entries),
+            len(data["images"]),
+            skip_empty,
+            dict(self.skipped),
+        )
+
+    @property
+    def annotation_file(self) -> str:
+        return self._annotation_file
+
+    @property
+    def image_dir(self) -> str:
+        return self._image_dir
+
+    @property
+    def coco(self) -> COCO:
+        """The pycocotools ``COCO`` object of the whole file (for evaluation)."""
+        return self._coco
+
+    @property
+    def label_map(self) -> LabelMap:
+        return self._label_map
+
+    @property
+    def image_ids(self) -> list[int]:
+        """Ids of the images the reader yields, in file order (before decode-time skips)."""
+        return [entry.image_id for entry in self._entries]
+
+    @property
+    def num_images(self) -> int:
+        return len(self._entries)
+
+    @property
+    def skipped(self):
+        """Counter of skipped samples by reason (``errors`` constants); grows while decoding."""
+        return self._skips.counts
+
+    def load(self, index: int, with_source: bool = False) -> dict | None:
+        """Decodes the ``index``-th image into numpy arrays; None when skipped.
+
+        With ``with_source`` (for conversion) the dict also holds ``encoded`` (the image
+        file's bytes), ``file_name`` and ``areas`` (float32 [N]: the JSON's areas, the mask's
+        pixel count where the JSON has none).
+        """
+        entry = self._entries[index]
+        try:
+            data = self._read_file(entry)
+            image = self._decode(entry, data)
+            masks, kept = self._masks(entry)
+        except errors.BadSampleError as e:
+            if self._policy == "error":
+                raise
+            self._skips.record(e)
+            return None
+        if self._skip_empty and all(inst.is_crowd for inst in kept):
+            return None
+        example = {
+            "image": image,
+            "masks": masks,
+            "classes": np.array([inst.class_index for inst in kept], np.int32),
+            "is_crowd": np.array([inst.is_crowd for inst in kept], bool),
+            "image_id": np.int64(entry.image_id),
+            "original_size": np.array(image.shape[:2], np.int32),
+        }
+        if with_source:
+            example["encoded"] = data
+            example["file_name"] = entry.file_name
+            example["areas"] = np.array(
+                [m.sum() if i.area is None else i.area for i, m in zip(kept, masks, strict=True)],
+                np.float32,
+            )
+        return example
+
+    def dataset(
+        self,
+        shuffle: bool = False,
+        seed: int | None = None,
+        parallel_calls: int = tf.data.AUTOTUNE,
+        deterministic: bool | None = None,
+    ) -> tf.data.Dataset:
+        """A finite dataset of decoded examples (architecture section 1), one per image.
+
+        ``shuffle`` permutes all images (anew each epoch); decoding runs ``parallel_calls``
+        images at once; ``deterministic`` (None: tf.data's default) is passed to ``map``.
+        """
+        indices = tf.data.Dataset.range(self.num_images)
+        if shuffle:
+            indices = indices.shuffle(max(self.num_images, 1), seed=seed)
+        return self.decode_indices(indices, parallel_calls, deterministic)
+
+    def decode_indices(
+        self,
+        indices: tf.data.Dataset,
+        parallel_calls: int = tf.data.AUTOTUNE,
+        deterministic: bool | None = None,
+    ) -> tf.data.Dataset:
+        """Decodes a dataset of image indices (int64, into ``image_ids``) into examples.
+
+        Shuffling and skipping indices before decoding is cheap, which is how training
+        shuffles and resumes.
+        """
+        examples = indices.map(
+            self.decode_index, num_parallel_calls=parallel_calls, deterministic=deterministic
+        )
+        return examples.filter(_is_valid).map(_drop_valid)
+
+    def decode_index(self, index):
+        """Graph-mode decode of one image index: ``(example, valid)``; ``valid`` is False
+        for a sample skipped under the ``skip`` policy."""
+        outputs = tf.py_function(
+            self._load_py, [index], Tout=[dtype for _, dtype, _ in _SPEC] + [tf.bool]
+        )
+        example = {}
+        for (key, _, shape), value in zip(_SPEC, outputs[:-1], strict=True):
+            value.set_shape(shape)
+            example[key] = value
+        valid = outputs[-1]
+        valid.set_shape([])
+        return example, valid
+
+    def _load_py(self, index):
+        example = self.load(int(index.numpy()))
+        if example is None:
+            empty = [np.zeros([0] * len(shape), dtype.as_numpy_dtype) for _, dtype, shape in _SPEC]
+            empty[0] = np.zeros([0, 0, 3], np.uint8)
+            empty[-1] = np.zeros([2], np.int32)
+            return empty + [False]
+        return [example[key] for key, _, _ in _SPEC] + [True]
+
+    # Eager validation (``__init__``).
+
+    def _make_entry(self, image: dict) -> _Entry | None:
+        image_id, height, width = image["id"], image["height"], image["width"]
+        path = os.path.join(self._image_dir, image["file_name"])
+        instances = []
+        for ann in self._coco.imgToAnns.get(image_id, []):
+            where = (
+                f"{self._annotation_file}: annotation id {ann['id']} of image id {image_id} "
+                f"({path})"
+            )
+            try:
+                segmentation = errors.check_segmentation(ann, height, width, where)
+                segmentation = self._drop_degenerate_polygons(segmentation, ann, where)
+            except errors.BadSampleError as e:
+                if self._policy == "error":
+                    raise
+                self._skips.record(e)
+                return None
+            if segmentation is None:
+                continue
+            instances.append(
+                _Instance(
+                    annotation_id=ann["id"],
+                    class_index=self._label_map.index_of(ann["category_id"]),
+                    is_crowd=bool(ann.get("iscrowd", 0)),
+                    area=ann.get("area"),
+                    segmentation=segmentation,
+                )
+            )
+        return _Entry(image_id, image["file_name"], path, height, width, tuple(instances))
+
+    def _drop_degenerate_polygons(self, segmentation, ann, where):
+        """Polygons with < 3 points or zero area: raise, or drop them (None if none is left)."""
+        if isinstance(segmentation, dict):
+            return segmentation
+        bad = errors.degenerate_polygons(segmentation)  # {index: problem}
+        for k, problem in bad.items():
+            error = errors.BadSampleError(
+                errors.DEGENERATE_POLYGON,
+                f"{where}: polygon #{k} is degenerate ({problem})",
+                image_id=ann["image_id"],
+                annotation_id=ann["id"],
+            )
+            if self._policy == "error":
+                raise error
+            self._skips.record(error)
+        return [p for k, p in enumerate(segmentation) if k not in bad] or None
+
+    # Decoding (``load``).
+
+    def _read_file(self, entry: _Entry) -> bytes:
+        try:
+            with tf.io.gfile.GFile(entry.path, "rb") as f:
+                return f.read()
+        except (tf.errors.NotFoundError, FileNotFoundError):
+            raise errors.BadSampleError(
+                errors.MISSING_FILE,
+                f"{entry.path} (image id {entry.image_id}): image file not found",
+                image_id=entry.image_id,
+            ) from None
+
+    def _decode(self, entry: _Entry, data: bytes) -> np.ndarray:
+        try:
+            image = decode_image_bytes(data)
+        except UnidentifiedImageError:
+            raise errors.BadSampleError(
+                errors.UNDECODABLE_IMAGE,
+                f"{entry.path} (image id {entry.image_id}): not an image (unknown format)",
+                image_id=entry.image_id,
+            ) from None
+        except (
+            tf.errors.OpError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as e:
+            message = getattr(e, "message", None) or str(e)
+            message = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", message)
+            raise errors.BadSampleError(
+                errors.UNDECODABLE_IMAGE,
+                f"{entry.path} (image id {entry.image_id}): cannot decode the image "
+                f"({type(e).__name__}: {message.strip()})",
+                image_id=entry.image_id,
+            ) from None
+        if image.shape[:2] != (entry.height, entry.width):
+            raise errors.BadSampleError(
+                errors.IMAGE_SIZE_MISMATCH,
+                f"{entry.path} (image id {entry.image_id}): the file is "
+                f"{image.shape[0]}x{image.shape[1]} (HxW) but {self._annotation_file} says "
+                f"{entry.height}x{entry.width}",
+                image_id=entry.image_id,
+            )
+        return image
+
+    def _masks(self, entry: _Entry) -> tuple[np.ndarray, list[_Instance]]:
+        """uint8 [N, H0, W0] masks of the instances that cover at least one pixel."""
+        masks, kept = [], []
+        for inst in entry.instances:
+            ann = {"image_id": entry.image_id, "segmentation": inst.segmentation}
+            mask = self._coco.annToMask(ann)  # [H0, W0] uint8 0/1
+            if not mask.any():
+                error = errors.BadSampleError(
+                    errors.EMPTY_MASK,
+                    f"{self._annotation_file}: annotation id {inst.annotation_id} of image id "
+                    f"{entry.image_id} ({entry.path}): the mask covers no pixel",
+                    image_id=entry.image_id,
+                    annotation_id=inst.annotation_id,
+                )
+                if self._policy == "error":
+                    raise error
+                self._skips.record(error)
+                continue
+            masks.append(mask)
+            kept.append(inst)
+        if not masks:
+            return np.zeros([0, entry.height, entry.width], np.uint8), kept
+        return np.stack(masks), kept
+
+
+def _is_valid(example, valid):
+    del example
+    return valid
+
+
+def _drop_valid(example, valid):
+    del valid
+    return example
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
