@@ -1,0 +1,152 @@
+"""Per-example augmentation: aspect-preserving resize, horizontal flip, padding.
+
+Shape letters: H0 W0 original image size, N instances, H W the fixed padded output size
+(``DataConfig.output_size``).
+
+* Resize (``scaled_size``): scale = min(short / min(H0, W0), max_long / max(H0, W0),
+  H / H0, W / W0); the scaled size is ``round((H0, W0) * scale)``. The image is resized
+  bilinearly by Model Garden's ``preprocess_ops.resize_and_crop_image`` and padded with 0 at
+  the bottom/right. Masks are resized with nearest neighbour (``tf.image.resize``, half-pixel
+  centres, as Model Garden's ``resize_and_crop_masks``), so they stay exactly 0/1; instances
+  whose mask becomes empty are dropped.
+* Flip: the original image and masks are flipped left-right together with probability
+  ``flip_probability`` before the resize.
+* Randomness is stateless (``tf.random.stateless_*``) and keyed by a seed tensor int64 [2]
+  that the caller derives from the data seed and the element's position, so the result does
+  not depend on how many map calls run in parallel.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from official.vision.ops import preprocess_ops
+
+from solo_tf.config import DataConfig
+
+
+def scaled_size(
+    image_size_hw: tf.Tensor,
+    short_side: tf.Tensor | int,
+    max_long_side: int,
+    output_size: tuple[int, int],
+) -> tf.Tensor:
+    """float32 [2]: the aspect-preserving resized (height, width) that fits every limit."""
+    size = tf.cast(image_size_hw, tf.float32)  # [2]
+    limits = tf.stack(
+        [
+            tf.cast(short_side, tf.float32) / tf.reduce_min(size),
+            float(max_long_side) / tf.reduce_max(size),
+            float(output_size[0]) / size[0],
+            float(output_size[1]) / size[1],
+        ]
+    )
+    scaled = tf.round(size * tf.reduce_min(limits))
+    return tf.clip_by_value(scaled, 1.0, tf.constant(output_size, tf.float32))
+
+
+def resize_and_pad(
+    image: tf.Tensor,
+    masks: tf.Tensor | None,
+    size_hw: tf.Tensor,
+    output_size: tuple[int, int],
+) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
+    """Resizes to ``size_hw`` and pads bottom/right to ``output_size``.
+
+    Args:
+      image: uint8 or float [H0, W0, 3].
+      masks: uint8 [N, H0, W0] or None.
+      size_hw: float32 [2], integral values, at most ``output_size``.
+      output_size: (H, W).
+
+    Returns:
+      image float32 [H, W, 3], masks uint8 [N, H, W] (or None), and image_info float32 [4, 2]
+      ``[[H0, W0], [scaled_h, scaled_w], [y_scale, x_scale], [0, 0]]``.
+    """
+    padded, image_info = preprocess_ops.resize_and_crop_image(
+        image,
+        desired_size=size_hw,
+        padded_size=list(output_size),
+        keep_aspect_ratio=False,  # size_hw already keeps it; reuse it as is
+    )
+    padded = tf.ensure_shape(tf.cast(padded, tf.float32), [*output_size, 3])
+    if masks is None:
+        return padded, None, image_info
+    return padded, pad_masks(resize_masks(masks, size_hw), output_size), image_info
+
+
+def resize_masks(masks: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:
+    """Nearest-neighbour resize of uint8 [N, H0, W0] masks to uint8 [N, h, w]."""
+    size = tf.cast(size_hw, tf.int32)
+    # Instances as channels: one resize of [H0, W0, N] is ~3x faster than N of [H0, W0, 1].
+    # A leading empty mask keeps one channel when N == 0 (the op refuses zero channels).
+    empty = tf.zeros(tf.concat([[1], tf.shape(masks)[1:]], axis=0), masks.dtype)
+    masks = tf.concat([empty, masks], axis=0)
+    resized = tf.image.resize(tf.transpose(masks, [1, 2, 0]), size, method="nearest")
+    return tf.transpose(tf.cast(resized, tf.uint8), [2, 0, 1])[1:]
+
+
+def pad_masks(masks: tf.Tensor, output_size: tuple[int, int]) -> tf.Tensor:
+    """Pads uint8 [N, h, w] masks with 0 at the bottom/right to [N, H, W]."""
+    shape = tf.shape(masks)
+    padded = tf.pad(masks, [[0, 0], [0, output_size[0] - shape[1]], [0, output_size[1] - shape[2]]])
+    return tf.ensure_shape(padded, [None, *output_size])
+
+
+def flip_left_right(image: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirrors image [H, W, 3] and masks [N, H, W] left-right."""
+    return preprocess_ops.horizontal_flip_image(image), tf.reverse(masks, axis=[2])
+
+
+def augment_for_training(
+    example: dict[str, tf.Tensor], config: DataConfig, seed: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Random short side, random flip, resize and pad one decoded example.
+
+    Args:
+      example: a decoded example (``docs/architecture.md`` section 1).
+      config: the data configuration (short_sides, max_long_side, output_size,
+        flip_probability).
+      seed: int64 [2], the stateless seed of this element.
+
+    Returns:
+      ``image`` float32 [H, W, 3], ``image_info`` float32 [4, 2], ``masks`` uint8 [N', H, W],
+      ``classes`` int32 [N'], ``is_crowd`` bool [N'], ``image_id`` int64 [], where N' counts
+      the instances whose mask is still non-empty.
+    """
+    size_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    choice = tf.random.stateless_uniform(
+        [], size_seed, minval=0, maxval=len(config.short_sides), dtype=tf.int32
+    )
+    short_side = tf.gather(tf.constant(config.short_sides, tf.int32), choice)
+    image, masks = example["image"], tf.cast(example["masks"], tf.uint8)
+    do_flip = tf.random.stateless_uniform([], flip_seed) < config.flip_probability
+    image, masks = tf.cond(do_flip, lambda: flip_left_right(image, masks), lambda: (image, masks))
+    size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side, config.output_size)
+    image, _, image_info = resize_and_pad(image, None, size, config.output_size)
+    masks = resize_masks(masks, size)  # [N, h, w]
+    keep = tf.reduce_max(masks, axis=[1, 2]) > 0  # [N]
+    return {
+        "image": image,
+        "image_info": image_info,
+        "masks": pad_masks(tf.boolean_mask(masks, keep), config.output_size),
+        "classes": tf.boolean_mask(tf.cast(example["classes"], tf.int32), keep),
+        "is_crowd": tf.boolean_mask(tf.cast(example["is_crowd"], tf.bool), keep),
+        "image_id": tf.cast(example["image_id"], tf.int64),
+    }
+
+
+def preprocess_for_eval(example: dict[str, tf.Tensor], config: DataConfig) -> dict[str, tf.Tensor]:
+    """Model inputs of one decoded example: resize with ``eval_short_side``, pad; no flip.
+
+    Returns ``image`` float32 [H, W, 3], ``image_info`` float32 [4, 2], ``image_id`` int64 [].
+    """
+    image = example["image"]
+    size = scaled_size(
+        tf.shape(image)[:2], config.eval_short_side, config.max_long_side, config.output_size
+    )
+    image, _, image_info = resize_and_pad(image, None, size, config.output_size)
+    return {
+        "image": image,
+        "image_info": image_info,
+        "image_id": tf.cast(example["image_id"], tf.int64),
+    }
