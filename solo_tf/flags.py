@@ -159,12 +159,20 @@ def _parse(field, value):
     return value
 
 
-def config_from_flags(flag_values=flags.FLAGS) -> cfg.SOLOConfig:
-    """Builds the full config from parsed flags."""
+def config_from_flags(flag_values=flags.FLAGS, base: cfg.SOLOConfig | None = None):
+    """Builds the full config from parsed flags.
+
+    With ``base`` (say, the config a model was trained with), only flags given on the
+    command line or in a flagfile override it.
+    """
     sections = {}
     for key, cls in SECTIONS.items():
         kwargs = {}
         for field in dataclasses.fields(cls):
-            kwargs[field.name] = _parse(field, flag_values[field.name].value)
+            flag = flag_values[field.name]
+            if base is not None and not flag.present:
+                kwargs[field.name] = getattr(getattr(base, key), field.name)
+            else:
+                kwargs[field.name] = _parse(field, flag.value)
         sections[key] = cls(**kwargs)
     return cfg.SOLOConfig(**sections)

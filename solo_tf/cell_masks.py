@@ -1,0 +1,68 @@
+"""Mask probabilities of chosen grid cells, for either SOLO head (shared by loss and inference).
+
+Shape letters: B batch, S grid size of the level, Hm Wm mask size of the level, P chosen
+(image, cell) pairs. Pure TF with TFLite builtins only (GATHER, GATHER_ND, TRANSPOSE, ...).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# With an unknown number of rows (the loss: positives found by tf.where) the transpose path is
+# used only for heads with few channels per level (decoupled: S <= 64).
+_DYNAMIC_TRANSPOSE_MAX_CHANNELS = 64
+
+
+def _gather_channels(logits, batch_index, channel_index):
+    """logits [B, Hm, Wm, K] -> [P, Hm, Wm]: row p = logits[batch_index[p], :, :, channel_index[p]].
+
+    Two equivalent ways, picked when tracing by which moves less memory: transposing the
+    logits to [B * K, Hm, Wm] and gathering rows (B*K*Hm*Wm), or gathering the P channels
+    first into [B, Hm, Wm, P] and then each row's image (B*P*Hm*Wm). The result is float32
+    (float64 when the logits are float64, for gradient checks).
+    """
+    num_channels = logits.shape[-1]
+    num_rows = channel_index.shape[0]
+    if num_rows is None:
+        by_transpose = num_channels <= _DYNAMIC_TRANSPOSE_MAX_CHANNELS
+    else:
+        by_transpose = num_rows > num_channels
+    shape = tf.shape(logits)
+    if by_transpose:
+        flat = tf.transpose(logits, [0, 3, 1, 2])  # [B, K, Hm, Wm]
+        flat = tf.reshape(flat, tf.stack([-1, shape[1], shape[2]]))  # [B * K, Hm, Wm]
+        picked = tf.gather(flat, batch_index * shape[3] + channel_index)  # [P, Hm, Wm]
+    else:
+        picked = tf.gather(logits, channel_index, axis=3)  # [B, Hm, Wm, P]
+        picked = tf.transpose(picked, [3, 0, 1, 2])  # [P, B, Hm, Wm]
+        rows = tf.range(tf.shape(channel_index)[0], dtype=channel_index.dtype)
+        picked = tf.gather_nd(picked, tf.stack([rows, batch_index], axis=1))  # [P, Hm, Wm]
+    return tf.cast(picked, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+
+
+def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid):
+    """Mask probabilities of P (image, cell) pairs of one level -> float32 [P, Hm, Wm].
+
+    Args:
+      outputs: the model's output dict (docs/architecture.md section 4), any float dtype.
+      level: the level l (Python int).
+      batch_index: int32 [P], image of each pair.
+      cell_index: int32 [P], cell k = i * S + j of each pair (row i, column j).
+      head_type: "vanilla" (sigmoid of channel k) or "decoupled"
+        (sigmoid(X[..., j]) * sigmoid(Y[..., i])).
+      num_grid: S of the level (Python int).
+
+    P may be 0 (the result is then [0, Hm, Wm]).
+    """
+    batch_index = tf.cast(batch_index, tf.int32)
+    cell_index = tf.cast(cell_index, tf.int32)
+    if head_type == "vanilla":
+        logits = _gather_channels(outputs[f"mask_logits_{level}"], batch_index, cell_index)
+        return tf.sigmoid(logits)
+    if head_type == "decoupled":
+        row = cell_index // num_grid  # i
+        col = cell_index - row * num_grid  # j
+        x_logits = _gather_channels(outputs[f"mask_x_logits_{level}"], batch_index, col)
+        y_logits = _gather_channels(outputs[f"mask_y_logits_{level}"], batch_index, row)
+        return tf.sigmoid(x_logits) * tf.sigmoid(y_logits)
+    raise ValueError(f"head_type must be 'vanilla' or 'decoupled', got {head_type!r}")

@@ -1,0 +1,69 @@
+"""Decoupled SOLO head: S "X" and S "Y" mask channels per level instead of S^2.
+
+mask(i, j) = sigmoid(Y_i) * sigmoid(X_j). As in the authors' head, X and Y have separate
+mask towers; the X tower sees the x coordinate channel and the Y tower the y channel
+(CoordConv), and each ends in a per-level 3x3 conv to S channels. The category branch is the
+one of ``SOLOHeadBase``.
+
+Shape letters: B batch, F FPN channels, S grid size of a level, Hm Wm mask size of a level.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from solo_tf.modeling.solo_head import (
+    ConvGNTower,
+    SOLOHeadBase,
+    _normal_init,
+    coordinate_channels,
+    prior_bias,
+    upsample2x,
+)
+
+
+@keras.saving.register_keras_serializable(package="solo_tf")
+class DecoupledSOLOHead(SOLOHeadBase):
+    """``mask_x_logits_{l}`` and ``mask_y_logits_{l}`` [B, Hm, Wm, S] (X: columns j, Y: rows i)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        # Plain attributes, not containers: see the solo_head module docstring.
+        for axis in ("x", "y"):
+            tower = ConvGNTower(
+                self.stacked_convs, self.head_channels, self.norm_groups, name=f"mask_tower_{axis}"
+            )
+            setattr(self, f"mask_tower_{axis}", tower)
+            for level, s in enumerate(self.num_grids):
+                conv = keras.layers.Conv2D(
+                    s,
+                    3,
+                    padding="same",
+                    kernel_initializer=_normal_init(),
+                    bias_initializer=keras.initializers.Constant(prior_bias(self.prior_prob)),
+                    name=f"mask_conv_{axis}_{level}",
+                )
+                setattr(self, f"mask_conv_{axis}_{level}", conv)
+
+    def mask_tower(self, axis: str) -> ConvGNTower:
+        return getattr(self, f"mask_tower_{axis}")
+
+    def mask_conv(self, axis: str, level: int) -> keras.layers.Conv2D:
+        return getattr(self, f"mask_conv_{axis}_{level}")
+
+    def build_mask_branch(self, channels: int) -> None:
+        for axis in ("x", "y"):
+            self.mask_tower(axis).build((None, None, None, channels + int(self.coord_conv)))
+            for level in range(self.num_levels):
+                self.mask_conv(axis, level).build((None, None, None, self.head_channels))
+
+    def mask_logits(self, level: int, x) -> dict:
+        outputs = {}
+        for axis in ("x", "y"):
+            inputs = x
+            if self.coord_conv:
+                inputs = tf.concat([x, coordinate_channels(x, axis)], axis=-1)  # [B, h, w, F + 1]
+            feats = upsample2x(self.mask_tower(axis)(inputs))  # [B, Hm, Wm, F]
+            outputs[f"mask_{axis}_logits_{level}"] = self.mask_conv(axis, level)(feats)
+        return outputs

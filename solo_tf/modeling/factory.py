@@ -1,0 +1,51 @@
+"""build_model: a ModelConfig -> a SOLOModel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solo_tf.config import ModelConfig
+from solo_tf.modeling.backbone import ResNetPyramidBackbone, load_backbone_weights
+from solo_tf.modeling.decoupled_head import DecoupledSOLOHead
+from solo_tf.modeling.fpn import FPN
+from solo_tf.modeling.solo_head import SOLOHead
+from solo_tf.modeling.solo_model import SOLOModel
+
+HEADS = {"vanilla": SOLOHead, "decoupled": DecoupledSOLOHead}
+
+
+def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
+    """The SOLO network of ``config``, under the current Keras dtype policy.
+
+    With ``build`` the weights are created by one call on a 64 x 64 zero image (weights do
+    not depend on the input size), so checkpoints and pretrained weights can be loaded.
+    """
+    if config.head_type not in HEADS:
+        raise ValueError(f"head_type must be one of {sorted(HEADS)}, got {config.head_type!r}")
+    backbone = ResNetPyramidBackbone(
+        depth=config.backbone_depth,
+        freeze_stem_and_stage1=config.freeze_stem_and_stage1,
+        freeze_batchnorm=config.freeze_batchnorm,
+        name="backbone",
+    )
+    fpn = FPN(channels=config.fpn_channels, name="fpn")
+    head = HEADS[config.head_type](
+        config.num_classes,
+        num_grids=config.num_grids,
+        strides=config.strides,
+        head_channels=config.head_channels,
+        stacked_convs=config.stacked_convs,
+        norm_groups=config.norm_groups,
+        prior_prob=config.prior_prob,
+        coord_conv=config.coord_conv,
+        name="head",
+    )
+    model = SOLOModel(backbone, fpn, head, name=f"solo_{config.head_type}")
+    if build:
+        model(np.zeros((1, 64, 64, 3), np.float32))
+    return model
+
+
+def load_pretrained_backbone(model: SOLOModel, source: str) -> None:
+    """Loads pretrained ResNet weights into ``model.backbone`` (see ``load_backbone_weights``)."""
+    load_backbone_weights(model.backbone, source)
