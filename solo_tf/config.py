@@ -38,6 +38,9 @@ class ModelConfig:
     # Stride at which each level's head runs (P2 resized down to 8, P6 up to 32).
     strides: tuple[int, ...] = (8, 8, 16, 32, 32)
     prior_prob: float = 0.01
+    # Initial mask probability of the last mask convs (the authors: 0.01). For the decoupled
+    # head it is the initial value of the product sigmoid(X) * sigmoid(Y).
+    mask_prior_prob: float = 0.01
     coord_conv: bool = True
 
     @property

@@ -37,6 +37,7 @@ HELP = {
     "num_grids": "Grid size S of each level.",
     "strides": "Stride at which each level's head runs.",
     "prior_prob": "Focal-loss prior of the category bias.",
+    "mask_prior_prob": "Initial mask probability of the last mask convs (decoupled: product).",
     "coord_conv": "Concatenate coordinate channels to the mask branch input.",
     "scale_ranges": "Scale range of each level on sqrt(w*h), as lo:hi pairs.",
     "center_epsilon": "Centre region: mass centre +- epsilon * half box size.",

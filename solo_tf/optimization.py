@@ -79,14 +79,20 @@ def reduce_and_clip(grads, variables, clip_norm: float, weight_decay: float):
     and the global norm before clipping.
     """
     ctx = tf.distribute.get_replica_context()
-    grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
+    grads = [
+        tf.zeros_like(v) if g is None else tf.cast(g, v.dtype)
+        for g, v in zip(grads, variables, strict=True)
+    ]
     if ctx is not None and ctx.num_replicas_in_sync > 1:
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     norm = tf.linalg.global_norm(grads)
     if clip_norm > 0:
         grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
     if weight_decay > 0:
-        grads = [g + weight_decay * tf.convert_to_tensor(v) for g, v in zip(grads, variables)]
+        grads = [
+            g + weight_decay * tf.convert_to_tensor(v)
+            for g, v in zip(grads, variables, strict=True)
+        ]
     return grads, norm
 
 
@@ -96,4 +102,4 @@ def apply_reduced_gradients(optimizer, grads, variables):
     replicas = ctx.num_replicas_in_sync if ctx is not None else 1
     if replicas > 1:
         grads = [g / replicas for g in grads]
-    optimizer.apply_gradients(zip(grads, variables))
+    optimizer.apply_gradients(zip(grads, variables, strict=True))

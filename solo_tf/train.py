@@ -29,7 +29,7 @@ def main(argv):
     train_lib.keras_policy(config.train.mixed_precision)
     has_val = bool(config.data.val_annotations or config.data.val_tfrecords)
     eval_fn = eval_lib.make_eval_fn(config) if has_val else None
-    metrics = train_lib.train(config, eval_fn=eval_fn)
+    _, metrics = train_lib.train(config, eval_fn=eval_fn)
     logging.info("Training stopped at step %d: %s", metrics["step"], metrics)
     if FLAGS.eval_at_end and eval_fn is not None and not metrics["stopped_by_sigterm"]:
         from solo_tf import inference  # noqa: PLC0415

@@ -186,8 +186,12 @@ def _write_summaries(writer, step, metrics, lr, images_per_s):
         tf.summary.scalar("throughput/images_per_s", images_per_s)
 
 
-def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True) -> dict:
-    """Trains (or resumes) the run in ``config.train.model_dir``; returns the last metrics.
+def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, after_loop=None):
+    """Trains (or resumes) the run in ``config.train.model_dir``.
+
+    Returns ``(model, metrics)``: the trained model and the metrics of the last loop call,
+    with ``step`` and ``stopped_by_sigterm``. ``after_loop(step)``, when given, is called
+    after every loop call (after any checkpoint of that step).
 
     ``eval_fn(model) -> dict`` with an ``AP`` key, when given, runs every ``eval_every``
     steps; the best checkpoint so far is copied to ``model_dir/best``.
@@ -195,6 +199,9 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True) ->
     from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency of the entry point
 
     tconf = config.train
+    keras.utils.set_random_seed(tconf.seed)
+    if config.data.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = strategy or distribute.create_strategy(tconf.strategy)
     source = inputs.open_source(config.data, "train")
     steps_per_epoch = max(1, source.num_images // tconf.global_batch_size)
@@ -243,25 +250,39 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True) ->
             ips = n * tconf.global_batch_size / seconds
             bar.update(n)
             bar.set_postfix(
-                loss=f"{metrics['loss']:.3f}", cate=f"{metrics['loss_cate']:.3f}",
-                mask=f"{metrics['loss_mask']:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}",
+                loss=f"{metrics['loss']:.3f}",
+                cate=f"{metrics['loss_cate']:.3f}",
+                mask=f"{metrics['loss_mask']:.3f}",
+                lr=f"{lr:.2e}",
+                img_s=f"{ips:.1f}",
             )
             _write_summaries(writer, step, metrics, lr, ips)
             if step % tconf.checkpoint_every == 0 or step >= total_steps or sigterm.received:
                 manager.save(checkpoint_number=step)
-            if eval_fn is not None and tconf.eval_every > 0 and (
-                step % tconf.eval_every == 0 or step >= total_steps
+            if (
+                eval_fn is not None
+                and tconf.eval_every > 0
+                and (step % tconf.eval_every == 0 or step >= total_steps)
             ):
                 best_ap = _evaluate_and_keep_best(
                     eval_fn, model, step, writer, manager, tconf.model_dir, best_ap, chief
                 )
+            if after_loop is not None:
+                after_loop(step)
+        if sigterm.received and not _saved_at(manager, step):
+            manager.save(checkpoint_number=step)
     finally:
         bar.close()
         sigterm.restore()
         writer.flush()
     metrics["step"] = step
     metrics["stopped_by_sigterm"] = sigterm.received
-    return metrics
+    return model, metrics
+
+
+def _saved_at(manager, step) -> bool:
+    latest = manager.latest_checkpoint
+    return latest is not None and latest.endswith(f"-{step}")
 
 
 def _read_best(model_dir) -> float:
@@ -282,9 +303,7 @@ def _evaluate_and_keep_best(eval_fn, model, step, writer, manager, model_dir, be
             if key in result:
                 tf.summary.scalar(f"eval/{key}", float(result[key]))
     if ap > best_ap and chief:
-        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
-            f"-{step}"
-        ):
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             manager.save(checkpoint_number=step)
         best_dir = os.path.join(model_dir, "best")
         if tf.io.gfile.exists(best_dir):
@@ -294,8 +313,17 @@ def _evaluate_and_keep_best(eval_fn, model, step, writer, manager, model_dir, be
         for path in tf.io.gfile.glob(prefix + ".*"):
             tf.io.gfile.copy(path, os.path.join(best_dir, os.path.basename(path)))
         with tf.io.gfile.GFile(os.path.join(best_dir, "metrics.json"), "w") as f:
-            json.dump({"step": step, **{k: float(v) for k, v in result.items()
-                                         if isinstance(v, (int, float, np.floating))}}, f)
+            json.dump(
+                {
+                    "step": step,
+                    **{
+                        k: float(v)
+                        for k, v in result.items()
+                        if isinstance(v, (int, float, np.floating))
+                    },
+                },
+                f,
+            )
         return ap
     return best_ap
 

@@ -37,7 +37,9 @@ class Source:
         """
         if self.reader is None:
             examples = tfrecord.read_tfrecords(
-                self.tfrecord_pattern, self.label_map, parallel_calls=parallel_calls,
+                self.tfrecord_pattern,
+                self.label_map,
+                parallel_calls=parallel_calls,
                 deterministic=deterministic,
             )
             return examples.shuffle(1000, seed=seed).repeat().enumerate()
@@ -55,18 +57,29 @@ class Source:
             example, valid = reader.decode_index(index)
             return position, example, valid
 
-        decoded = stream.map(decode_one, num_parallel_calls=parallel_calls,
-                             deterministic=deterministic)
-        return decoded.filter(lambda p, e, valid: valid).map(lambda p, e, valid: (p, e))
+        decoded = stream.map(
+            decode_one, num_parallel_calls=parallel_calls, deterministic=deterministic
+        )
+        return decoded.filter(_is_valid).map(_drop_valid)
 
     def eval_examples(self, parallel_calls):
         """Every image once, in dataset order."""
         if self.reader is not None:
             return self.reader.dataset(parallel_calls=parallel_calls, deterministic=True)
         return tfrecord.read_tfrecords(
-            self.tfrecord_pattern, self.label_map, parallel_calls=parallel_calls,
+            self.tfrecord_pattern,
+            self.label_map,
+            parallel_calls=parallel_calls,
             deterministic=True,
         )
+
+
+def _is_valid(position, example, valid):
+    return valid
+
+
+def _drop_valid(position, example, valid):
+    return position, example
 
 
 def open_source(data: cfg.DataConfig, split: str) -> Source:

@@ -50,13 +50,16 @@ class ImageNormalization(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
-def build_keras_cv_resnet(depth: int, input_shape=(None, None, 3)) -> keras.Model:
-    """A randomly initialised keras-cv ``ResNetBackbone`` (v1) of the given depth."""
+def build_keras_cv_resnet(depth: int, input_shape=(None, None, 3), filters=()) -> keras.Model:
+    """A randomly initialised keras-cv ``ResNetBackbone`` (v1) of the given depth.
+
+    ``filters``: the four stage widths; empty for the standard (64, 128, 256, 512).
+    """
     if depth not in RESNET_SPECS:
         raise ValueError(f"backbone depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
     blocks, block_type = RESNET_SPECS[depth]
     return keras_cv.models.ResNetBackbone(
-        stackwise_filters=list(STAGE_FILTERS),
+        stackwise_filters=list(filters or STAGE_FILTERS),
         stackwise_blocks=list(blocks),
         stackwise_strides=list(STAGE_STRIDES),
         include_rescaling=False,  # it only divides by 255; ImageNormalization does mean/std
@@ -87,9 +90,12 @@ class ResNetPyramidBackbone(keras.Model):
         freeze_stem_and_stage1: bool = True,
         freeze_batchnorm: bool = True,
         input_shape=(None, None, 3),
+        filters=(),
         **kwargs,
     ):
-        resnet = build_keras_cv_resnet(depth, input_shape)
+        if filters and len(filters) != len(STAGE_FILTERS):
+            raise ValueError(f"backbone filters need 4 stage widths, got {filters}")
+        resnet = build_keras_cv_resnet(depth, input_shape, tuple(filters))
         features = keras.Model(
             resnet.inputs,
             {
@@ -105,6 +111,7 @@ class ResNetPyramidBackbone(keras.Model):
         self.freeze_stem_and_stage1 = freeze_stem_and_stage1
         self.freeze_batchnorm = freeze_batchnorm
         self.image_shape = tuple(input_shape)
+        self.filters = tuple(filters)
         _apply_freezing(features, freeze_stem_and_stage1, freeze_batchnorm)
 
     @property
@@ -119,6 +126,7 @@ class ResNetPyramidBackbone(keras.Model):
             "freeze_stem_and_stage1": self.freeze_stem_and_stage1,
             "freeze_batchnorm": self.freeze_batchnorm,
             "input_shape": self.image_shape,
+            "filters": self.filters,
         }
 
     @classmethod

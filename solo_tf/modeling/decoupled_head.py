@@ -29,6 +29,11 @@ class DecoupledSOLOHead(SOLOHeadBase):
 
     def __init__(self, num_classes: int, **kwargs):
         super().__init__(num_classes, **kwargs)
+        # The mask is a product of two sigmoids: each factor starts at sqrt(mask_prior_prob)
+        # so that the product starts where the vanilla head's mask does. (The authors give
+        # each factor the prior, so the product starts at 1e-4 and Dice gradients are ~100x
+        # smaller than the vanilla head's; from scratch it does not leave Dice = 1.)
+        factor_bias = prior_bias(self.mask_prior_prob**0.5)
         # Plain attributes, not containers: see the solo_head module docstring.
         for axis in ("x", "y"):
             tower = ConvGNTower(
@@ -41,7 +46,7 @@ class DecoupledSOLOHead(SOLOHeadBase):
                     3,
                     padding="same",
                     kernel_initializer=_normal_init(),
-                    bias_initializer=keras.initializers.Constant(prior_bias(self.prior_prob)),
+                    bias_initializer=keras.initializers.Constant(factor_bias),
                     name=f"mask_conv_{axis}_{level}",
                 )
                 setattr(self, f"mask_conv_{axis}_{level}", conv)

@@ -26,6 +26,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         depth=config.backbone_depth,
         freeze_stem_and_stage1=config.freeze_stem_and_stage1,
         freeze_batchnorm=config.freeze_batchnorm,
+        filters=config.backbone_filters,
         name="backbone",
     )
     fpn = FPN(channels=config.fpn_channels, name="fpn")
@@ -37,6 +38,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         stacked_convs=config.stacked_convs,
         norm_groups=config.norm_groups,
         prior_prob=config.prior_prob,
+        mask_prior_prob=config.mask_prior_prob,
         coord_conv=config.coord_conv,
         name="head",
     )

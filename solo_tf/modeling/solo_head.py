@@ -137,6 +137,7 @@ class SOLOHeadBase(keras.layers.Layer):
         prior_prob: float = 0.01,
         coord_conv: bool = True,
         min_level: int = 2,
+        mask_prior_prob: float = 0.01,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -149,6 +150,7 @@ class SOLOHeadBase(keras.layers.Layer):
         self.stacked_convs = stacked_convs
         self.norm_groups = norm_groups
         self.prior_prob = prior_prob
+        self.mask_prior_prob = mask_prior_prob
         self.coord_conv = coord_conv
         self.min_level = min_level
         self.cate_tower = ConvGNTower(stacked_convs, head_channels, norm_groups, name="cate_tower")
@@ -214,6 +216,7 @@ class SOLOHeadBase(keras.layers.Layer):
             "stacked_convs": self.stacked_convs,
             "norm_groups": self.norm_groups,
             "prior_prob": self.prior_prob,
+            "mask_prior_prob": self.mask_prior_prob,
             "coord_conv": self.coord_conv,
             "min_level": self.min_level,
         }
@@ -233,7 +236,7 @@ class SOLOHead(SOLOHeadBase):
                 grid * grid,
                 1,
                 kernel_initializer=_normal_init(),
-                bias_initializer=keras.initializers.Constant(prior_bias(self.prior_prob)),
+                bias_initializer=keras.initializers.Constant(prior_bias(self.mask_prior_prob)),
                 name=f"mask_conv_{level}",
             )
             setattr(self, f"mask_conv_{level}", conv)

@@ -1,0 +1,194 @@
+"""COCO mask AP of SOLO detections: results in COCO's format and pycocotools' COCOeval.
+
+Detections are ``solo_tf.postprocess.postprocess``'s dict as numpy arrays (shape letters:
+B batch, K detections, Ho Wo the padded output mask size). Metrics are fractions in [0, 1]
+(COCO prints them the same way; multiply by 100 for the papers' numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
+
+
+def detections_to_coco_results(
+    detections: dict[str, np.ndarray],
+    image_ids: Sequence[int] | np.ndarray,
+    original_sizes: np.ndarray | None = None,
+) -> list[dict]:
+    """COCO result dicts (RLE ``segmentation``, ``score``, ``category_id``, ``image_id``,
+    ``bbox`` [x, y, w, h]) of the valid detections of a batch.
+
+    Args:
+      detections: numpy ``num_detections`` [B], ``detection_scores`` [B, K],
+        ``detection_classes`` [B, K] (dataset category ids), ``detection_masks``
+        [B, K, Ho, Wo], ``detection_boxes`` [B, K, 4] (ymin, xmin, ymax, xmax).
+      image_ids: [B] dataset image ids.
+      original_sizes: int [B, 2] (H0, W0); each mask is cut to its image's size before
+        encoding (COCO compares masks of the image's size). When None, taken from
+        ``detections["image_info"][:, 0]`` if present, else the whole Ho x Wo mask is used.
+    """
+    if original_sizes is None and "image_info" in detections:
+        original_sizes = np.asarray(detections["image_info"])[:, 0]
+    results = []
+    for b, image_id in enumerate(np.asarray(image_ids).reshape(-1)):
+        count = int(detections["num_detections"][b])
+        masks = np.asarray(detections["detection_masks"][b, :count], np.uint8)  # [n, Ho, Wo]
+        if original_sizes is not None:
+            height, width = (int(round(float(v))) for v in original_sizes[b])
+            masks = masks[:, :height, :width]
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        for k, rle in enumerate(rles):
+            ymin, xmin, ymax, xmax = (float(v) for v in detections["detection_boxes"][b, k])
+            rle["counts"] = rle["counts"].decode("ascii")
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(detections["detection_classes"][b, k]),
+                    "segmentation": rle,
+                    "score": float(detections["detection_scores"][b, k]),
+                    "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                }
+            )
+    return results
+
+
+def evaluate_coco(
+    annotations: str | os.PathLike | COCO,
+    results: list[dict],
+    per_category: bool = False,
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """Mask AP of ``results`` against a COCO ground truth (pycocotools, ``iouType='segm'``).
+
+    Args:
+      annotations: a COCO annotation file or a loaded ``COCO``.
+      results: dicts from ``detections_to_coco_results``; may be empty.
+      per_category: also return ``"AP/<category name>"`` (IoU 0.5:0.95, all areas, 100
+        detections; categories without ground truth are left out).
+      image_ids: evaluate these images only (default: every image of the ground truth).
+
+    Returns:
+      ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as fractions, and COCO's -1 where
+      the ground truth has no instance in that area range. No results: 0 (or -1) everywhere.
+    """
+    coco_gt = annotations if isinstance(annotations, COCO) else _load_coco(annotations)
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        coco_dt = _load_results(coco_gt, results)
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="segm")
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    logging.info("COCO mask evaluation:\n%s", log.getvalue())
+    metrics = {
+        key: float(value) for key, value in zip(SUMMARY_KEYS, coco_eval.stats[:6], strict=True)
+    }
+    if per_category:
+        metrics.update(_per_category_ap(coco_eval, coco_gt))
+    return metrics
+
+
+def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
+    """``coco_gt.loadRes(results)``, which cannot take an empty list: then an empty COCO."""
+    if results:
+        return coco_gt.loadRes(results)
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset.get("images", [])),
+        "categories": list(coco_gt.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    coco_dt.createIndex()
+    return coco_dt
+
+
+def _per_category_ap(coco_eval: COCOeval, coco_gt: COCO) -> dict[str, float]:
+    """AP (IoU .5:.95, area all, max detections 100) of each category with ground truth."""
+    # precision: [T IoUs, R recalls, K categories, A areas, M max-dets]; -1 where no GT.
+    precision = coco_eval.eval["precision"]
+    metrics = {}
+    for k, category_id in enumerate(coco_eval.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        if values.size:
+            name = coco_gt.loadCats([category_id])[0]["name"]
+            metrics[f"AP/{name}"] = float(values.mean())
+    return metrics
+
+
+def _load_coco(path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(os.fspath(path))
+
+
+def write_metrics_json(path: str | os.PathLike, metrics: dict) -> None:
+    """Write ``metrics`` as indented JSON (numpy scalars as Python numbers); makes the folder."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True, default=_to_python)
+        f.write("\n")
+
+
+def _to_python(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def evaluate_model(
+    model, config, batch_size: int = 8, per_category=False, max_images=0, progress=True
+) -> dict:
+    """Mask AP of a Keras SOLO model on ``config.data``'s validation split.
+
+    Returns the metrics plus ``images_per_s`` (model + post-processing, after the first
+    batch) and ``detections`` (the COCO results list).
+    """
+    from solo_tf import inference  # noqa: PLC0415 - inference imports this module
+    from solo_tf.data import inputs  # noqa: PLC0415
+
+    source = inputs.open_source(config.data, "val")
+    if not source.annotation_file:
+        raise ValueError("COCO evaluation needs --val_annotations (the ground-truth JSON)")
+    dataset = inputs.eval_dataset(config, source, batch_size)
+    count = source.num_images
+    if max_images:
+        count = min(count, max_images)
+        dataset = dataset.unbatch().take(max_images).batch(batch_size)
+    detect = inference.make_detect_fn(model, config, source.label_map.class_ids)
+    results, images_per_s = inference.detect_dataset(detect, dataset, count, progress)
+    image_ids = source.reader.image_ids[:count] if source.reader is not None else None
+    metrics = evaluate_coco(source.annotation_file, results, per_category, image_ids=image_ids)
+    metrics["images_per_s"] = images_per_s
+    metrics["num_images"] = count
+    metrics["detections"] = results
+    return metrics
+
+
+def make_eval_fn(config, batch_size: int = 8):
+    """``eval_fn(model) -> metrics`` for periodic evaluation during training."""
+
+    def eval_fn(model):
+        metrics = evaluate_model(model, config, batch_size, progress=False)
+        metrics.pop("detections")
+        return metrics
+
+    return eval_fn

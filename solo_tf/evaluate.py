@@ -1,0 +1,69 @@
+"""COCO mask AP of a trained model: ``python -m solo_tf.evaluate --model_dir DIR``.
+
+Evaluates a checkpoint (default: the best, else the latest, in ``--model_dir``), an exported
+SavedModel (``--saved_model VERSION_DIR``) or a TFLite file (``--tflite FILE``) on the
+validation split given by ``--val_annotations``/``--val_images`` (default: the split the
+model was trained with). Writes ``metrics.json`` (AP, AP50, AP75, APs, APm, APl as fractions)
+and ``detections.json`` (COCO results, RLE masks) into ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from solo_tf import flags as solo_flags
+
+solo_flags.define_flags()
+flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint path.")
+flags.DEFINE_string("saved_model", "", "Evaluate this SavedModel version directory instead.")
+flags.DEFINE_string("tflite", "", "Evaluate this .tflite file instead.")
+flags.DEFINE_string("output_dir", "", "Where metrics.json and detections.json go.")
+flags.DEFINE_bool("per_category", False, "Also report AP per category.")
+flags.DEFINE_integer("batch_size", 8, "Images per batch (checkpoint evaluation).")
+flags.DEFINE_integer("max_images", 0, "Evaluate only the first N images (0: all).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from solo_tf import eval_lib  # noqa: PLC0415
+
+    if FLAGS.saved_model or FLAGS.tflite:
+        result = eval_lib.evaluate_exported(
+            saved_model=FLAGS.saved_model,
+            tflite=FLAGS.tflite,
+            annotations=FLAGS.val_annotations,
+            images=FLAGS.val_images,
+            per_category=FLAGS.per_category,
+            max_images=FLAGS.max_images,
+        )
+    else:
+        if not FLAGS.model_dir:
+            raise app.UsageError("give --model_dir, --saved_model or --tflite")
+        from solo_tf import inference  # noqa: PLC0415
+
+        config = solo_flags.config_from_flags(base=inference.load_config(FLAGS.model_dir))
+        model = inference.load_model(FLAGS.model_dir, FLAGS.checkpoint, config)
+        result = eval_lib.evaluate_model(
+            model,
+            config,
+            batch_size=FLAGS.batch_size,
+            per_category=FLAGS.per_category,
+            max_images=FLAGS.max_images,
+        )
+    results = result.pop("detections")
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir or ".", "eval")
+    os.makedirs(output_dir, exist_ok=True)
+    eval_lib.write_metrics_json(os.path.join(output_dir, "metrics.json"), result)
+    with open(os.path.join(output_dir, "detections.json"), "w") as f:
+        json.dump(results, f)
+    table = "  ".join(f"{k} {result[k]:.3f}" for k in eval_lib.SUMMARY_KEYS)
+    logging.info("mask AP: %s  (%.1f images/s)", table, result.get("images_per_s", 0.0))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,165 @@
+"""The training loop: replicas, resume after a kill, multi-worker, SIGTERM, NaN, overfitting.
+
+Each run is a fresh process (``tests/harness/run_training.py``): logical devices and
+multi-worker clusters must be set before TensorFlow starts.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from solo_tf.data import shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, "tests", "harness", "run_training.py")
+TINY = os.path.join(ROOT, "experiments", "tiny.flags")
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    return shapes.generate(str(out), num_train=8, num_val=4, seed=3, min_size=96, max_size=128)
+
+
+def data_flags(data):
+    return [
+        f"--train_annotations={data['train_annotations']}",
+        f"--train_images={data['train_images']}",
+    ]
+
+
+def run(model_dir, data, *extra, env=None, check=True, background=False):
+    command = [sys.executable, HARNESS, f"--flagfile={TINY}", f"--model_dir={model_dir}"]
+    command += data_flags(data) + list(extra)
+    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    if background:
+        return subprocess.Popen(
+            command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"training failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
+def weights(model_dir, task=0):
+    with np.load(os.path.join(model_dir, f"weights_{task}.npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def test_two_replicas_match_one_replica(tmp_path, tiny_shapes):
+    # Frozen BatchNorm (the reference setting): trainable BN would use per-replica batches.
+    common = ["--total_steps=1", "--freeze_batchnorm=true", "--strategy=mirrored"]
+    run(tmp_path / "one", tiny_shapes, *common, "--logical_cpus=1")
+    run(tmp_path / "two", tiny_shapes, *common, "--logical_cpus=2")
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    init_moved = max_abs_diff(one, weights_at_init(tmp_path, tiny_shapes, common))
+    assert init_moved > 1e-4  # the step changed the weights, so the comparison means something
+    assert max_abs_diff(one, two) <= 1e-5
+
+
+def weights_at_init(tmp_path, data, common):
+    run(
+        tmp_path / "zero",
+        data,
+        *common,
+        "--logical_cpus=1",
+        "--learning_rate=0",
+        "--weight_decay=0",
+    )
+    return weights(tmp_path / "zero")
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_shapes):
+    common = ["--total_steps=4", "--checkpoint_every=2", "--steps_per_loop=2"]
+    run(tmp_path / "straight", tiny_shapes, *common)
+    killed = run(tmp_path / "resumed", tiny_shapes, *common, "--kill_at_step=2", check=False)
+    assert killed.returncode == -9  # SIGKILL: nothing after step 2 was saved
+    assert not os.path.exists(tmp_path / "resumed" / "weights_0.npz")
+    run(tmp_path / "resumed", tiny_shapes, *common)
+    with open(tmp_path / "resumed" / "metrics_0.json") as f:
+        assert json.load(f)["step"] == 4
+    assert max_abs_diff(weights(tmp_path / "straight"), weights(tmp_path / "resumed")) <= 1e-6
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_shapes):
+    done = run(
+        tmp_path,
+        tiny_shapes,
+        "--total_steps=6",
+        "--checkpoint_every=100",
+        "--steps_per_loop=1",
+        "--sigterm_at_step=1",
+    )
+    with open(tmp_path / "metrics_0.json") as f:
+        metrics = json.load(f)
+    assert metrics["stopped_by_sigterm"] and metrics["step"] == 1
+    assert os.path.exists(tmp_path / "ckpt-1.index"), done.stderr[-2000:]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_shapes):
+    done = run(
+        tmp_path,
+        tiny_shapes,
+        "--total_steps=6",
+        "--checkpoint_every=1",
+        "--steps_per_loop=1",
+        "--learning_rate=1e12",
+        "--clip_norm=0",
+        "--warmup_steps=0",
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "non-finite loss" in done.stderr
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    assert latest is not None
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_processes_end_identical(tmp_path, tiny_shapes):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(
+            run(
+                tmp_path,
+                tiny_shapes,
+                "--strategy=multi_worker",
+                "--total_steps=3",
+                "--steps_per_loop=1",
+                "--checkpoint_every=100",
+                env={"TF_CONFIG": tf_config},
+                background=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    w0, w1 = weights(tmp_path, 0), weights(tmp_path, 1)
+    assert max_abs_diff(w0, w1) == 0.0
+    with open(tmp_path / "metrics_0.json") as f:
+        assert json.load(f)["step"] == 3
