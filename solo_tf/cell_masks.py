@@ -66,3 +66,25 @@ def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid
         y_logits = _gather_channels(outputs[f"mask_y_logits_{level}"], batch_index, row)
         return tf.sigmoid(x_logits) * tf.sigmoid(y_logits)
     raise ValueError(f"head_type must be 'vanilla' or 'decoupled', got {head_type!r}")
+
+
+def _gather_channels_per_image(logits, cells):
+    """logits [B, Hm, Wm, K], cells [B, P] -> [B, P, Hm, Wm]: each image's own channels."""
+    picked = tf.gather(logits, cells, axis=3, batch_dims=1)  # [B, Hm, Wm, P]
+    picked = tf.transpose(picked, [0, 3, 1, 2])
+    return tf.cast(picked, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+
+
+def batched_cell_mask_probs(outputs, level, cells, head_type, num_grid):
+    """Like ``cell_mask_probs`` for P cells of every image: cells int32 [B, P] ->
+    float32 [B, P, Hm, Wm]. Memory is linear in B, whatever is known when tracing."""
+    cells = tf.cast(cells, tf.int32)
+    if head_type == "vanilla":
+        return tf.sigmoid(_gather_channels_per_image(outputs[f"mask_logits_{level}"], cells))
+    if head_type == "decoupled":
+        row = cells // num_grid  # i
+        col = cells - row * num_grid  # j
+        x_logits = _gather_channels_per_image(outputs[f"mask_x_logits_{level}"], col)
+        y_logits = _gather_channels_per_image(outputs[f"mask_y_logits_{level}"], row)
+        return tf.sigmoid(x_logits) * tf.sigmoid(y_logits)
+    raise ValueError(f"head_type must be 'vanilla' or 'decoupled', got {head_type!r}")

@@ -18,7 +18,7 @@ The steps follow the authors' SOLO test pipeline (``get_seg_single``):
    ``nms_pre`` by category score are the candidates (the authors keep every pair over the
    threshold here and cut to ``nms_pre`` only after step 5; a fixed shape needs the cut now,
    which only differs when more than ``nms_pre`` pairs pass the threshold);
-3. each candidate's mask *probabilities* (``solo_tf.cell_masks.cell_mask_probs``) bilinearly
+3. each candidate's mask *probabilities* (``solo_tf.cell_masks.batched_cell_mask_probs``) bilinearly
    upsampled from its level's stride to the finest stride (4), as the authors upsample
    ``sigmoid(logits)``; for the decoupled head the product sigmoid(X) * sigmoid(Y) is formed at
    the level's stride, then upsampled (the authors upsample each factor first; the two differ
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from solo_tf.cell_masks import cell_mask_probs
+from solo_tf.cell_masks import batched_cell_mask_probs
 from solo_tf.config import ModelConfig, PostprocessConfig
 from solo_tf.matrix_nms import mask_nms, matrix_nms
 
@@ -148,27 +148,26 @@ def _candidate_mask_probs(outputs, cands, model_config) -> tf.Tensor:
     """
     strides = model_config.mask_strides
     fine_size = _mask_size(outputs, strides.index(min(strides)), model_config.head_type)
-    batch, num_candidates = tf.shape(cands["cells"])[0], tf.shape(cands["cells"])[1]
-    # Flat (image, cell) pairs with static shapes when B is static: cell_mask_probs picks its
-    # gather strategy from them (it moves min(B * P, B * K) * Hm * Wm values then).
-    image = tf.reshape(tf.zeros_like(cands["cells"]) + tf.range(batch)[:, None], [-1])  # [B * P]
-    levels = tf.reshape(cands["levels"], [-1, 1, 1])  # [B * P, 1, 1]
+    levels = cands["levels"][..., None, None]  # [B, P, 1, 1]
     probs = None
     for stride in sorted(set(strides)):
         group = [level for level in range(model_config.num_levels) if strides[level] == stride]
         group_probs = None
         for level in group:
             num_grid = model_config.num_grids[level]
-            cell = tf.clip_by_value(tf.reshape(cands["cells"], [-1]), 0, num_grid**2 - 1)
-            level_probs = cell_mask_probs(
-                outputs, level, image, cell, model_config.head_type, num_grid
-            )
-            group_probs = _select(levels == level, level_probs, group_probs)  # [B * P, Hm, Wm]
+            cell = tf.clip_by_value(cands["cells"], 0, num_grid**2 - 1)  # [B, P]
+            level_probs = batched_cell_mask_probs(
+                outputs, level, cell, model_config.head_type, num_grid
+            )  # [B, P, Hm, Wm]
+            group_probs = _select(levels == level, level_probs, group_probs)
         if stride != min(strides):
-            group_probs = tf.image.resize(group_probs[..., None], fine_size, "bilinear")[..., 0]
+            shape = tf.shape(group_probs)
+            flat = tf.reshape(group_probs, tf.concat([[-1], shape[2:], [1]], 0))
+            flat = tf.image.resize(flat, fine_size, "bilinear")[..., 0]  # [B * P, Hf, Wf]
+            group_probs = tf.reshape(flat, tf.concat([shape[:2], fine_size], 0))
         in_group = tf.reduce_any(tf.equal(levels[..., None], group), axis=-1)
         probs = _select(in_group, group_probs, probs)
-    return tf.reshape(probs, tf.concat([[batch, num_candidates], fine_size], 0))
+    return probs  # [B, P, Hf, Wf]
 
 
 def _select(condition, new, old):
