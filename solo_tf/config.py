@@ -131,6 +131,9 @@ class TrainConfig:
 
     model_dir: str = ""
     global_batch_size: int = 16
+    # sgd: the reference (momentum, L2 weight decay added to the gradients); adamw:
+    # decoupled weight decay, for training from scratch (the CPU demo).
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     learning_rate: float = 0.01  # for global batch 16; not rescaled automatically
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -192,3 +192,63 @@ def make_eval_fn(config, batch_size: int = 8):
         return metrics
 
     return eval_fn
+
+
+def evaluate_exported(
+    saved_model: str = "",
+    tflite: str = "",
+    annotations: str = "",
+    images: str = "",
+    per_category: bool = False,
+    max_images: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Mask AP of an exported SavedModel or TFLite file, run image by image in this process.
+
+    The COCO split (``annotations`` JSON, ``images`` folder) is read with ``CocoReader``;
+    each uint8 image goes through ``solo_tf.exported``'s predictor (the SavedModel resizes
+    in its graph; a TFLite file gets the app-side letterbox). Returns the metrics of
+    ``evaluate_coco`` plus ``images_per_s`` (after the first image), ``num_images`` and
+    ``detections`` (the COCO results list).
+    """
+    import time  # noqa: PLC0415
+
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from solo_tf import exported  # noqa: PLC0415
+    from solo_tf.data.coco import CocoReader  # noqa: PLC0415
+
+    if bool(saved_model) == bool(tflite):
+        raise ValueError("give exactly one of saved_model and tflite")
+    if not annotations or not images:
+        raise ValueError("evaluating an export needs --val_annotations and --val_images")
+    if saved_model:
+        predictor = exported.SavedModelPredictor(saved_model)
+    else:
+        predictor = exported.TFLitePredictor(tflite)
+    reader = CocoReader(annotations, images)
+    if predictor.label_map is not None and set(predictor.label_map.ids) - set(reader.label_map.ids):
+        logging.warning(
+            "the export's category ids %s are not all in %s (%s)",
+            list(predictor.label_map.ids),
+            annotations,
+            list(reader.label_map.ids),
+        )
+    count = min(reader.num_images, max_images) if max_images else reader.num_images
+    results, seconds = [], 0.0
+    with tqdm(total=count, unit="img", disable=not progress, desc="detect") as bar:
+        for index, example in enumerate(reader.dataset().take(count)):
+            image = example["image"].numpy()
+            start = time.perf_counter()
+            dets, _ = predictor.predict(image)
+            if index:  # the first call pays for loading and warm-up
+                seconds += time.perf_counter() - start
+            batch = {k: v[None] for k, v in dets.items()}
+            batch["num_detections"] = np.array([len(dets["detection_scores"])])
+            results += detections_to_coco_results(batch, [int(example["image_id"])])
+            bar.update(1)
+    metrics = evaluate_coco(annotations, results, per_category, reader.image_ids[:count])
+    metrics["images_per_s"] = (count - 1) / seconds if seconds > 0 else float("nan")
+    metrics["num_images"] = count
+    metrics["detections"] = results
+    return metrics

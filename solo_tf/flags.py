@@ -75,6 +75,7 @@ HELP = {
     "parallel_calls": "Parallel decode/augment calls; -1 for AUTOTUNE.",
     "model_dir": "Checkpoints, summaries and logs; a run resumes from here.",
     "global_batch_size": "Images per step over all replicas.",
+    "optimizer": "sgd (reference: momentum + L2) or adamw (decoupled decay; from scratch).",
     "learning_rate": "Base learning rate (reference: 0.01 for batch 16).",
     "momentum": "SGD momentum.",
     "weight_decay": "L2 weight decay added to the gradients.",
@@ -108,9 +109,9 @@ def _literal_choices(cls, field):
     return None
 
 
-def define_flags() -> None:
+def define_flags(flag_values=flags.FLAGS) -> None:
     """Defines one flag per config field (idempotent)."""
-    if "num_classes" in flags.FLAGS:
+    if "num_classes" in flag_values:
         return
     seen = set()
     for cls in SECTIONS.values():
@@ -118,7 +119,7 @@ def define_flags() -> None:
             if field.name in seen:
                 continue
             seen.add(field.name)
-            _define(cls, field)
+            _define(cls, field, flag_values)
 
 
 def _default(cls, field):
@@ -127,24 +128,26 @@ def _default(cls, field):
     return field.default_factory()
 
 
-def _define(cls, field):
+def _define(cls, field, flag_values):
     default = _default(cls, field)
     name, text = field.name, HELP.get(field.name, field.name)
     choices = _literal_choices(cls, field)
     if choices is not None:
-        flags.DEFINE_enum(name, default, choices, text)
+        flags.DEFINE_enum(name, default, choices, text, flag_values=flag_values)
     elif isinstance(default, bool):
-        flags.DEFINE_bool(name, default, text)
+        flags.DEFINE_bool(name, default, text, flag_values=flag_values)
     elif isinstance(default, int):
-        flags.DEFINE_integer(name, default, text)
+        flags.DEFINE_integer(name, default, text, flag_values=flag_values)
     elif isinstance(default, float):
-        flags.DEFINE_float(name, default, text)
+        flags.DEFINE_float(name, default, text, flag_values=flag_values)
     elif isinstance(default, str):
-        flags.DEFINE_string(name, default, text)
+        flags.DEFINE_string(name, default, text, flag_values=flag_values)
     elif _is_pairs(field):
-        flags.DEFINE_list(name, [f"{lo:g}:{hi:g}" for lo, hi in default], text)
+        flags.DEFINE_list(
+            name, [f"{lo:g}:{hi:g}" for lo, hi in default], text, flag_values=flag_values
+        )
     else:
-        flags.DEFINE_list(name, [str(v) for v in default], text)
+        flags.DEFINE_list(name, [str(v) for v in default], text, flag_values=flag_values)
 
 
 def _parse(field, value):

@@ -60,7 +60,11 @@ def total_and_decay_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[in
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int):
-    """SGD with momentum on the warm-up + step schedule; weight decay is added by the loop."""
+    """The optimiser on the warm-up + step schedule.
+
+    SGD (the reference): momentum; weight decay is added to the gradients by the loop
+    (``loop_weight_decay``). AdamW: Keras' decoupled weight decay.
+    """
     _, boundaries = total_and_decay_steps(config, steps_per_epoch)
     schedule = WarmupStepDecay(
         config.learning_rate,
@@ -69,7 +73,14 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int):
         boundaries,
         config.decay_rate,
     )
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+
+
+def loop_weight_decay(config: TrainConfig) -> float:
+    """L2 decay the loop adds to gradients: SGD's; AdamW decays weights itself."""
+    return config.weight_decay if config.optimizer == "sgd" else 0.0
 
 
 def reduce_and_clip(grads, variables, clip_norm: float, weight_decay: float):

@@ -90,9 +90,9 @@ def _make_predictor():
     import numpy as np  # noqa: PLC0415
 
     if FLAGS.saved_model:
-        from solo_tf import serving_client  # noqa: PLC0415
+        from solo_tf import exported  # noqa: PLC0415
 
-        return serving_client.saved_model_predictor(FLAGS.saved_model)
+        return exported.SavedModelPredictor(FLAGS.saved_model)
     from solo_tf import inference  # noqa: PLC0415
     from solo_tf.data.augment import preprocess_for_eval  # noqa: PLC0415
 

@@ -58,7 +58,7 @@ def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None)
         if loss_scale is not None:
             grads = [None if g is None else tf.cast(g, tf.float32) / loss_scale for g in grads]
         grads, grad_norm = optimization.reduce_and_clip(
-            grads, variables, tconf.clip_norm, tconf.weight_decay
+            grads, variables, tconf.clip_norm, optimization.loop_weight_decay(tconf)
         )
         finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(terms["loss"])
         # A non-finite step applies zero gradients: weights stay finite, the loop stops
