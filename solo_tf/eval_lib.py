@@ -183,15 +183,53 @@ def evaluate_model(
     return metrics
 
 
-def make_eval_fn(config, batch_size: int = 8):
-    """``eval_fn(model) -> metrics`` for periodic evaluation during training."""
+def make_eval_fn(config, batch_size: int = 8, num_images_to_draw: int = 3):
+    """``eval_fn(model) -> metrics`` for periodic evaluation during training.
+
+    The metrics also carry ``images``: uint8 [N, 256, 256, 3] overlays of the predictions on
+    the first validation images, for TensorBoard.
+    """
 
     def eval_fn(model):
         metrics = evaluate_model(model, config, batch_size, progress=False)
-        metrics.pop("detections")
+        results = metrics.pop("detections")
+        metrics["images"] = draw_first_images(config, results, num_images_to_draw)
         return metrics
 
     return eval_fn
+
+
+def draw_first_images(config, results, count: int, size: int = 256, min_score: float = 0.3):
+    """Overlays of ``results`` on the first ``count`` validation images, letterboxed to
+    ``size`` x ``size``: uint8 [count, size, size, 3] (JSON sources; empty otherwise)."""
+    from solo_tf import visualize  # noqa: PLC0415
+    from solo_tf.data import inputs  # noqa: PLC0415
+
+    source = inputs.open_source(config.data, "val")
+    pictures = []
+    if source.reader is None:
+        return np.zeros([0, size, size, 3], np.uint8)
+    names = dict(zip(source.label_map.ids, source.label_map.names, strict=True))
+    for index in range(min(count, source.num_images)):
+        example = source.reader.load(index)
+        if example is None:
+            continue
+        image_id = int(example["image_id"])
+        mine = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
+        masks = np.array([mask_utils.decode(r["segmentation"]) for r in mine], np.uint8)
+        picture = visualize.draw_detections(
+            example["image"],
+            masks.reshape(-1, *example["image"].shape[:2]),
+            np.array([r["category_id"] for r in mine]),
+            np.array([r["score"] for r in mine]),
+            names,
+        )
+        picture.thumbnail((size, size))
+        canvas = np.zeros([size, size, 3], np.uint8)
+        array = np.asarray(picture)
+        canvas[: array.shape[0], : array.shape[1]] = array
+        pictures.append(canvas)
+    return np.stack(pictures) if pictures else np.zeros([0, size, size, 3], np.uint8)
 
 
 def evaluate_exported(

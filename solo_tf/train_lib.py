@@ -302,6 +302,8 @@ def _evaluate_and_keep_best(eval_fn, model, step, writer, manager, model_dir, be
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
             if key in result:
                 tf.summary.scalar(f"eval/{key}", float(result[key]))
+        if len(result.get("images", [])):
+            tf.summary.image("eval/predictions", result["images"], max_outputs=8)
     if ap > best_ap and chief:
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             manager.save(checkpoint_number=step)

@@ -4,6 +4,7 @@ Each run is a fresh process (``tests/harness/run_training.py``): logical devices
 multi-worker clusters must be set before TensorFlow starts.
 """
 
+import dataclasses
 import json
 import os
 import socket
@@ -163,3 +164,46 @@ def test_multi_worker_two_processes_end_identical(tmp_path, tiny_shapes):
     assert max_abs_diff(w0, w1) == 0.0
     with open(tmp_path / "metrics_0.json") as f:
         assert json.load(f)["step"] == 3
+
+
+def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
+    """Learned quality: the tiny model memorises 8 embedded images to mask AP >= 0.8."""
+    data = shapes.generate(
+        str(tmp_path_factory.mktemp("overfit")),
+        num_train=8,
+        num_val=1,
+        seed=11,
+        min_size=96,
+        max_size=128,
+    )
+    run(
+        tmp_path,
+        data,
+        "--total_steps=300",
+        "--decay_steps=250",
+        "--optimizer=adamw",
+        "--learning_rate=0.003",
+        "--weight_decay=0.0001",
+        "--warmup_steps=20",
+        "--steps_per_loop=50",
+        "--checkpoint_every=300",
+        "--flip_probability=0",
+    )
+    from solo_tf import eval_lib, inference
+    from solo_tf.config import SOLOConfig
+
+    config = inference.load_config(str(tmp_path))
+    config = SOLOConfig(
+        model=config.model,
+        targets=config.targets,
+        loss=config.loss,
+        postprocess=config.postprocess,
+        train=config.train,
+        data=dataclasses.replace(
+            config.data, val_annotations=data["train_annotations"], val_images=data["train_images"]
+        ),
+    )
+    model = inference.load_model(str(tmp_path), "latest", config)
+    metrics = eval_lib.evaluate_model(model, config, batch_size=4, progress=False)
+    assert metrics["num_images"] == 8
+    assert metrics["AP"] >= 0.8, metrics
