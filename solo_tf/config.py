@@ -27,6 +27,10 @@ class ModelConfig:
     # Stage widths; () means the standard (64, 128, 256, 512). Narrow ResNets train the
     # embedded dataset from scratch on a CPU.
     backbone_filters: tuple[int, ...] = ()
+    # How images in [0, 255] are normalised inside the model: "imagenet" (mean/std, the
+    # authors' torchvision backbones) or "unit" (x / 255, keras-cv presets built with
+    # include_rescaling=True). Must match the pretrained weights.
+    input_normalization: Literal["imagenet", "unit"] = "imagenet"
     freeze_stem_and_stage1: bool = True
     freeze_batchnorm: bool = True  # BatchNorm in inference mode, as in the reference
     fpn_channels: int = 256

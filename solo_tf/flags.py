@@ -27,6 +27,7 @@ HELP = {
     "num_classes": "Number of object categories (contiguous indices 0..C-1).",
     "backbone_depth": "ResNet depth: 18, 34, 50 or 101.",
     "backbone_filters": "ResNet stage widths; empty for the standard 64,128,256,512.",
+    "input_normalization": "imagenet (mean/std) or unit (x/255): must match the backbone weights.",
     "freeze_stem_and_stage1": "Freeze the ResNet stem and first stage (reference: true).",
     "freeze_batchnorm": "Run backbone BatchNorm in inference mode (reference: true).",
     "fpn_channels": "FPN channels.",

@@ -14,6 +14,11 @@ from keras import ops
 # ImageNet statistics on [0, 255] RGB, as used by the authors' (torchvision-style) backbones.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# input_normalization -> (mean, std) on [0, 255] RGB.
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+}
 
 # depth -> (blocks per stage, block type) of keras-cv's ResNetBackbone (v1).
 RESNET_SPECS = {
@@ -91,8 +96,14 @@ class ResNetPyramidBackbone(keras.Model):
         freeze_batchnorm: bool = True,
         input_shape=(None, None, 3),
         filters=(),
+        input_normalization: str = "imagenet",
         **kwargs,
     ):
+        if input_normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"input_normalization must be one of {sorted(NORMALIZATIONS)}, "
+                f"got {input_normalization!r}"
+            )
         if filters and len(filters) != len(STAGE_FILTERS):
             raise ValueError(f"backbone filters need 4 stage widths, got {filters}")
         resnet = build_keras_cv_resnet(depth, input_shape, tuple(filters))
@@ -105,13 +116,16 @@ class ResNetPyramidBackbone(keras.Model):
             name=RESNET_FEATURES_NAME,
         )
         images = keras.Input(shape=tuple(input_shape), name="images")
-        outputs = features(ImageNormalization(name="image_normalization")(images))
+        mean, std = NORMALIZATIONS[input_normalization]
+        normalize = ImageNormalization(mean, std, name="image_normalization")
+        outputs = features(normalize(images))
         super().__init__(inputs=images, outputs=outputs, **kwargs)
         self.depth = depth
         self.freeze_stem_and_stage1 = freeze_stem_and_stage1
         self.freeze_batchnorm = freeze_batchnorm
         self.image_shape = tuple(input_shape)
         self.filters = tuple(filters)
+        self.input_normalization = input_normalization
         _apply_freezing(features, freeze_stem_and_stage1, freeze_batchnorm)
 
     @property
@@ -127,6 +141,7 @@ class ResNetPyramidBackbone(keras.Model):
             "freeze_batchnorm": self.freeze_batchnorm,
             "input_shape": self.image_shape,
             "filters": self.filters,
+            "input_normalization": self.input_normalization,
         }
 
     @classmethod
@@ -161,6 +176,7 @@ def load_backbone_weights(backbone: ResNetPyramidBackbone, source: str) -> None:
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"backbone preset directory {source!r} has no config.json")
         pretrained = _load_preset(source)
+        _check_preset_scaling(pretrained, backbone, source)
     elif source.endswith(".h5"):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"backbone weights file {source!r} does not exist")
@@ -176,12 +192,24 @@ def load_backbone_weights(backbone: ResNetPyramidBackbone, source: str) -> None:
         ("kaggle://", "gs://")
     ):
         pretrained = _load_preset(source)
+        _check_preset_scaling(pretrained, backbone, source)
     else:
         raise FileNotFoundError(
             f"backbone weights {source!r}: no such preset directory, .weights.h5 file or "
             "keras-cv preset name"
         )
     _copy_weights_by_name(pretrained, backbone.resnet_features, source)
+
+
+def _check_preset_scaling(pretrained, backbone, source) -> None:
+    """A preset trained on x / 255 inputs needs input_normalization="unit", and vice versa."""
+    wants = "unit" if getattr(pretrained, "include_rescaling", False) else "imagenet"
+    if wants != backbone.input_normalization:
+        raise ValueError(
+            f"backbone preset {source!r} was built with include_rescaling="
+            f"{wants == 'unit'}: train with --input_normalization={wants} so that its "
+            f"weights see the inputs they were trained on (now {backbone.input_normalization})"
+        )
 
 
 def _load_preset(source: str) -> keras.Model:

@@ -27,6 +27,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         freeze_stem_and_stage1=config.freeze_stem_and_stage1,
         freeze_batchnorm=config.freeze_batchnorm,
         filters=config.backbone_filters,
+        input_normalization=config.input_normalization,
         name="backbone",
     )
     fpn = FPN(channels=config.fpn_channels, name="fpn")

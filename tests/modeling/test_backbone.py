@@ -115,3 +115,25 @@ def test_mismatched_depth_names_the_source(tmp_path):
     for source in (path, preset):
         with pytest.raises(ValueError, match=source.split("/")[-1]):
             load_backbone_weights(r34, source)
+
+
+def test_preset_input_scaling_must_match(tmp_path):
+    import keras_cv
+
+    rescaling = keras_cv.models.ResNetBackbone(
+        stackwise_filters=[64, 128, 256, 512],
+        stackwise_blocks=[2, 2, 2, 2],
+        stackwise_strides=[1, 2, 2, 2],
+        include_rescaling=True,
+        block_type="basic_block",
+    )
+    preset = str(tmp_path / "unit_preset")
+    save_to_preset(rescaling, preset)
+    with pytest.raises(ValueError, match="input_normalization=unit"):
+        load_backbone_weights(ResNetPyramidBackbone(depth=18), preset)
+    unit = ResNetPyramidBackbone(depth=18, input_normalization="unit")
+    load_backbone_weights(unit, preset)
+    # x / 255 inside the model: the keras-cv network on [0, 255] images gives the same levels.
+    ours = unit(IMAGES)
+    theirs = rescaling(IMAGES)
+    np.testing.assert_allclose(ours["P5"], theirs, rtol=1e-4, atol=1e-4)

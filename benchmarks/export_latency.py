@@ -1,0 +1,123 @@
+"""Latency of exported models: a SavedModel and TFLite files, batch 1, on this machine.
+
+Usage:
+  python benchmarks/export_latency.py --saved_model runs/demo/saved_model/solo/1 \
+      --tflite runs/bench/tflite512/model_fp32.tflite,... --size 512,512 --runs 30 --write
+
+Each model gets a warm-up call, then ``--runs`` timed calls on a random uint8 image of the
+given size; models are timed in turns (round robin) so drift hits all alike. Prints a
+markdown table (median and p90 ms, file size) and with ``--write`` replaces the section
+"## Exported models" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from solo_tf import exported  # noqa: E402
+
+SECTION = "## Exported models"
+DOC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md"
+)
+
+
+def dir_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def make_runners(args, image):
+    runners = {}
+    if args.saved_model:
+        predictor = exported.SavedModelPredictor(args.saved_model)
+        runners["SavedModel (serving_default)"] = (
+            lambda: predictor.run(image[None]),
+            dir_size(exported.find_version_dir(args.saved_model)),
+        )
+    for path in filter(None, args.tflite.split(",")):
+        predictor = exported.TFLitePredictor(path)
+        size = predictor.input_size
+        if tuple(size) != image.shape[:2]:
+            raise SystemExit(f"{path} takes {size}, not {image.shape[:2]}: export it at --size")
+        pixels = exported.to_input_dtype(image.astype(np.float32), predictor.input_dtype)
+        runners[f"TFLite {os.path.basename(path)}"] = (
+            lambda p=predictor, x=pixels: p.run(x),
+            dir_size(path),
+        )
+    return runners
+
+
+def time_round_robin(runners, runs: int) -> dict[str, list[float]]:
+    for run, _ in runners.values():
+        run()  # warm-up (tracing, allocation)
+    times = {name: [] for name in runners}
+    for _ in range(runs):
+        for name, (run, _) in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def table(runners, times, args) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Batch 1, random uint8 {args.size} image, median and p90 of {args.runs} runs after a "
+        f"warm-up, models timed in turns, on {platform.machine()} with {os.cpu_count()} cores "
+        "(TFLite: LiteRT interpreter, 2 threads). Command:",
+        "",
+        f"    python benchmarks/export_latency.py {' '.join(sys.argv[1:])}",
+        "",
+        "| model | median ms | p90 ms | size MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (_, size) in runners.items():
+        t = np.array(times[name])
+        lines.append(
+            f"| {name} | {np.median(t):.1f} | {np.percentile(t, 90):.1f} | {size / 2**20:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    doc = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
+    if SECTION in doc:
+        start = doc.index(SECTION)
+        end = doc.find("\n## ", start + len(SECTION))
+        doc = doc[:start] + text + (doc[end + 1 :] if end >= 0 else "")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    with open(DOC, "w") as f:
+        f.write(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--saved_model", default="")
+    parser.add_argument("--tflite", default="", help="comma-separated .tflite files")
+    parser.add_argument("--size", default="512,512")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    height, width = (int(v) for v in args.size.split(","))
+    image = np.random.default_rng(0).integers(0, 256, [height, width, 3], dtype=np.uint8)
+    runners = make_runners(args, image)
+    text = table(runners, time_round_robin(runners, args.runs), args)
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
