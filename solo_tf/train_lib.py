@@ -39,6 +39,11 @@ def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None)
     """Returns ``step(batch) -> dict`` of per-replica metrics; call inside ``strategy.run``."""
     tconf = config.train
     sizes = level_sizes(config.model.num_grids)
+    # XLA compiles the network (forward and, through the tape, backward); the loss gathers
+    # positives with data-dependent shapes and stays outside.
+    forward = tf.function(lambda images: model(images, training=True), jit_compile=True)
+    if not tconf.jit_compile:
+        forward = lambda images: model(images, training=True)  # noqa: E731
 
     def step(batch):
         ctx = tf.distribute.get_replica_context()
@@ -47,7 +52,7 @@ def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None)
         num_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(positive))
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            outputs = model(batch["image"], training=True)
+            outputs = forward(batch["image"])
             terms = losses.solo_loss(
                 outputs, targets, config.model, config.loss, num_pos_global=num_pos
             )

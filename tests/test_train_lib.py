@@ -4,7 +4,6 @@ Each run is a fresh process (``tests/harness/run_training.py``): logical devices
 multi-worker clusters must be set before TensorFlow starts.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -188,22 +187,19 @@ def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
         "--steps_per_loop=50",
         "--checkpoint_every=300",
         "--flip_probability=0",
+        "--eval_every=150",
+        f"--val_annotations={data['train_annotations']}",
+        f"--val_images={data['train_images']}",
     )
     from solo_tf import eval_lib, inference
-    from solo_tf.config import SOLOConfig
 
+    # Periodic evaluation kept the best checkpoint and its metrics.
+    with open(tmp_path / "best" / "metrics.json") as f:
+        best = json.load(f)
+    assert best["step"] in (150, 300)
     config = inference.load_config(str(tmp_path))
-    config = SOLOConfig(
-        model=config.model,
-        targets=config.targets,
-        loss=config.loss,
-        postprocess=config.postprocess,
-        train=config.train,
-        data=dataclasses.replace(
-            config.data, val_annotations=data["train_annotations"], val_images=data["train_images"]
-        ),
-    )
-    model = inference.load_model(str(tmp_path), "latest", config)
+    model = inference.load_model(str(tmp_path), "best", config)
     metrics = eval_lib.evaluate_model(model, config, batch_size=4, progress=False)
     assert metrics["num_images"] == 8
+    assert metrics["AP"] == pytest.approx(best["AP"], abs=1e-6)
     assert metrics["AP"] >= 0.8, metrics

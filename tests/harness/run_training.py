@@ -43,7 +43,12 @@ def main(argv):
         if FLAGS.sigterm_at_step and step >= FLAGS.sigterm_at_step:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    model, metrics = train_lib.train(config, progress=False, after_loop=after_loop)
+    eval_fn = None
+    if config.data.val_annotations and config.train.eval_every:
+        from solo_tf import eval_lib
+
+        eval_fn = eval_lib.make_eval_fn(config, batch_size=4)
+    model, metrics = train_lib.train(config, progress=False, after_loop=after_loop, eval_fn=eval_fn)
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     weights = {v.path: np.asarray(v.numpy()) for v in model.trainable_variables}
     np.savez(os.path.join(config.train.model_dir, f"weights_{task}.npz"), **weights)
