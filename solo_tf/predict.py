@@ -117,31 +117,17 @@ def _make_predictor():
 
 
 def _coco_results(dets, index, path) -> list[dict]:
+    """COCO results of one image's detections, with its file name."""
     import numpy as np  # noqa: PLC0415
-    from pycocotools import mask as mask_utils  # noqa: PLC0415
 
-    out = []
-    for mask, cls, score, box in zip(
-        dets["detection_masks"],
-        dets["detection_classes"],
-        dets["detection_scores"],
-        dets["detection_boxes"],
-        strict=False,
-    ):
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        ymin, xmin, ymax, xmax = (float(v) for v in box)
-        out.append(
-            {
-                "image_id": index,
-                "file_name": os.path.basename(path),
-                "category_id": int(cls),
-                "score": float(score),
-                "segmentation": rle,
-                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
-            }
-        )
-    return out
+    from solo_tf import eval_lib  # noqa: PLC0415
+
+    batch = {k: np.asarray(v)[None] for k, v in dets.items()}
+    batch["num_detections"] = np.array([len(dets["detection_scores"])])
+    results = eval_lib.detections_to_coco_results(batch, [index])
+    for result in results:
+        result["file_name"] = os.path.basename(path)
+    return results
 
 
 if __name__ == "__main__":

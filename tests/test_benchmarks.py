@@ -1,0 +1,210 @@
+"""Smoke tests of the Mask R-CNN comparison (``benchmarks/compare.py`` and its helpers).
+
+The fast tests check the pieces on hand-worked cases: FLOP counting, the matmul peak, the
+SOLO export config for an input size, the run statistics and alternation, and the report
+(ratios, the docs section replaced in place). The ``slow`` ones build Model Garden's Mask
+R-CNN training batch and run the whole command at 128 x 128 (minutes: three R50 exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import compare, flops, machine_peak
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_conv_flops_counted_by_profiler():
+    # 3x3 conv, 3 -> 8 channels, 16 x 16 'same', no bias: 2 * 9 * 3 * 8 * 256 = 110592.
+    conv = tf.keras.layers.Conv2D(8, 3, padding="same", use_bias=False)
+    conv.build((1, 16, 16, 3))
+    spec = [tf.TensorSpec([1, 16, 16, 3], tf.float32)]
+    assert flops.function_flops(lambda x: conv(x), spec) == 110592
+    assert flops.conv_flops(16, 16, 3, 3, 8) == 110592
+    assert flops.conv_flops(15, 15, 1, 4, 4, stride=2) == 2 * 16 * 8 * 8
+
+
+def test_flops_by_op_type():
+    # [4, 5] x [5, 6] matmul: 2 * 4 * 5 * 6 = 240; the bias add of a 3 -> 2 conv on 4 x 5
+    # pixels: 40, its kernel 2 * 9 * 3 * 2 * 20 = 2160.
+    b = tf.ones([5, 6])
+    conv = tf.keras.layers.Conv2D(2, 3, padding="same")
+    conv.build((1, 4, 5, 3))
+
+    def fn(a, image):
+        return a @ b, conv(image)
+
+    specs = [tf.TensorSpec([4, 5], tf.float32), tf.TensorSpec([1, 4, 5, 3], tf.float32)]
+    total, by_type = flops.function_flops_by_type(fn, specs)
+    assert by_type == {"MatMul": 240, "Conv2D": 2160, "BiasAdd": 40}
+    assert total == 2440
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matmul_peak(dtype):
+    result = machine_peak.matmul_peak(dtype, n=128, runs=2)
+    assert result["dtype"] == dtype and result["n"] == 128
+    assert len(result["times_s"]) == 2
+    np.testing.assert_allclose(result["gflops"], 2 * 128**3 / result["best_s"] / 1e9)
+
+
+def test_solo_config_for_size():
+    config = compare.solo_config("decoupled", (800, 1333))
+    assert config.model.head_type == "decoupled" and config.model.num_classes == 80
+    assert config.model.backbone_depth == 50
+    assert config.data.eval_short_side == 800 and config.data.max_long_side == 1333
+    assert config.data.output_size == (800, 1344)
+    assert compare.solo_config("vanilla", (512, 512)).data.output_size == (512, 512)
+
+
+def test_parse_size_and_paths():
+    assert compare.parse_size("800x1333") == (800, 1333)
+    assert compare.size_name((512, 640)) == "512x640"
+    path = compare.saved_model_dir("/w", "maskrcnn", (512, 512))
+    assert path == "/w/saved_models/maskrcnn_512x512/1"
+    assert compare.saved_model_dir("/w", "vanilla", (8, 8)).endswith("solo_vanilla_8x8/1")
+
+
+def test_stats():
+    result = compare.stats([5.0, 1.0, 2.0, 4.0, 3.0])
+    assert result["median_s"] == 3.0 and result["min_s"] == 1.0 and result["max_s"] == 5.0
+    assert result["p90_s"] == pytest.approx(4.6)  # linear between 4 and 5
+
+
+class _FakeWorker:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def call(self, message):
+        self.log.append(self.name)
+        return {"seconds": float(len(self.log)), "rss_mib": 1.0}
+
+
+def test_alternate_rotates_order():
+    log = []
+    workers = {n: _FakeWorker(n, log) for n in ("a", "b", "c")}
+    result = compare.alternate(workers, {}, warmup=1, runs=3)
+    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert result["times"]["a"] == [4.0, 9.0, 11.0]
+    assert result["last"]["b"]["seconds"] == 12.0
+
+
+def _results():
+    def timing(median):
+        return {"median_s": median, "p90_s": median * 1.5, "min_s": median, "max_s": median}
+
+    def model(b1, b8):
+        return {
+            "batch1": timing(b1),
+            "batch8": timing(b8),
+            "rss_batch1_mib": 1024.0,
+            "rss_batch8_mib": 2048.0,
+        }
+
+    return {
+        "command": "python benchmarks/compare.py --work_dir w",
+        "machine": {
+            "cpu": "Test CPU",
+            "cores": 2,
+            "memory_gib": 8.0,
+            "gpu": "none",
+            "tensorflow": "2.20.0",
+            "tf_models_official": "2.20.0",
+            "load_average_start": (1.0, 1.0, 1.0),
+        },
+        "quick": True,
+        "runs": {"batch1": 20, "batch8": 2, "train": 3},
+        "train_size": [640, 640],
+        "started": "start",
+        "finished": "end",
+        "load_average_end": (2.0, 2.0, 2.0),
+        "errors": {},
+        "machine_peak": [{"dtype": "float32", "n": 4096, "gflops": 100.0}],
+        "exports": {
+            "vanilla_512x512": {"flops": 50e9, "flops_by_type": {"Conv2D": 40e9, "Mul": 10e9}},
+            "maskrcnn_512x512": {"flops": 100e9},
+        },
+        "inference": {"512x512": {"vanilla": model(0.5, 2.0), "maskrcnn": model(1.0, 8.0)}},
+        "training": {
+            "vanilla": {"median_s": 3.0, "p90_s": 3.5, "peak_rss_mib": 4096.0},
+            "maskrcnn": {"median_s": 6.0, "p90_s": 6.5, "peak_rss_mib": 2048.0},
+        },
+    }
+
+
+def test_markdown_ratios():
+    text = compare.markdown(_results())
+    assert text.startswith(compare.SECTION)
+    # vanilla: 500 ms vs 1000 ms -> 0.50; 4 images/s vs 1 -> 4.00; 50 GFLOPs / 0.5 s = 100
+    # GFLOP/s = 100% of the 100 GFLOP/s peak.
+    assert "| SOLO R50 | 512x512 (512x512) | 500 | 750 | 0.50 | 4.00 | 4.00 | 1.00 / 2.00 |" in text
+    assert "| 50 | 100 | 100% |" in text
+    assert "| Mask R-CNN R50-FPN (Model Garden) | 512x512 (512x512) | 1000 | 1500 | 1.00 |" in text
+    assert "| SOLO R50 | 3.00 | 3.50 | 0.50 | 4.00 |" in text
+    assert "| float32 | 4096 | 100 |" in text
+    assert "- SOLO R50, 512x512: 50 GFLOPs; Conv2D 80%, Mul 20%" in text
+
+
+def test_write_section_keeps_other_sections(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\n## A\n\nkeep a\n")
+    compare.write_section(str(path), compare.SECTION + "\n\nfirst\n")
+    path.write_text(path.read_text() + "\n## B\n\nkeep b\n")
+    compare.write_section(str(path), compare.SECTION + "\n\nsecond\n")
+    text = path.read_text()
+    assert "keep a" in text and "keep b" in text and "second" in text
+    assert "first" not in text and text.count(compare.SECTION) == 1
+    assert text.index("## A") < text.index(compare.SECTION) < text.index("## B")
+
+
+def test_plot_writes_png(tmp_path):
+    path = str(tmp_path / "plot.png")
+    compare.plot(_results(), [path])
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_peer_training_batch_structure():
+    peer = pytest.importorskip("benchmarks.peer_maskrcnn")
+    params = peer.experiment_config((128, 128), batch_size=2)
+    images, labels = peer.synthetic_batch(params, 2)
+    assert images.shape == (2, 128, 128, 3)
+    assert labels["gt_boxes"].shape == (2, 100, 4)
+    assert int(tf.reduce_sum(tf.cast(labels["gt_classes"] > 0, tf.int32))) == 16
+    assert set(labels["rpn_score_targets"]) == {"2", "3", "4", "5", "6"}
+    assert peer.padded_size((800, 1333)) == (832, 1344)
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_tiny(tmp_path):
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "compare.py"),
+        f"--work_dir={tmp_path}",
+        "--sizes=128x128",
+        "--runs=2",
+        "--batch_runs=1",
+        "--train_runs=1",
+        "--train_size=128x128",
+        "--nowrite_docs",
+        # The vanilla head shares every code path with the decoupled one here; leaving it out
+        # keeps this test within a few minutes on 2 cores.
+        "--models=decoupled,maskrcnn",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert not results["errors"], results["errors"]
+    assert set(results["inference"]["128x128"]) == {"decoupled", "maskrcnn"}
+    assert set(results["training"]) == {"decoupled", "maskrcnn"}
+    assert os.path.exists(tmp_path / "saved_models" / "maskrcnn_128x128" / "1" / "saved_model.pb")
+    assert os.path.exists(tmp_path / "latency_vs_size.png")
