@@ -51,7 +51,7 @@ def make_runners(args, image):
             raise SystemExit(f"{path} takes {size}, not {image.shape[:2]}: export it at --size")
         pixels = exported.to_input_dtype(image.astype(np.float32), predictor.input_dtype)
         runners[f"TFLite {os.path.basename(path)}"] = (
-            lambda p=predictor, x=pixels: p.run(x),
+            lambda p=predictor, x=pixels[None]: p.run(x),
             dir_size(path),
         )
     return runners
