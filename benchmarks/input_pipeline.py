@@ -37,6 +37,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from solo_tf.config import DataConfig, TargetConfig  # noqa: E402
+from solo_tf.data.coco import EXAMPLE_SPEC  # noqa: E402
 from solo_tf.data.pipeline import build_eval_dataset, build_train_dataset  # noqa: E402
 
 PRESETS = {
@@ -86,15 +87,7 @@ def synthetic_example(preset: str, index: int) -> dict:
 def decoded_dataset(preset: str) -> tf.data.Dataset:
     """NUM_EXAMPLES synthetic examples, cached in memory after one pass."""
     examples = [synthetic_example(preset, i) for i in range(NUM_EXAMPLES)]
-    spec = {
-        "image": tf.TensorSpec([None, None, 3], tf.uint8),
-        "masks": tf.TensorSpec([None, None, None], tf.uint8),
-        "classes": tf.TensorSpec([None], tf.int32),
-        "is_crowd": tf.TensorSpec([None], tf.bool),
-        "image_id": tf.TensorSpec([], tf.int64),
-        "original_size": tf.TensorSpec([2], tf.int32),
-    }
-    dataset = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+    dataset = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=EXAMPLE_SPEC)
     dataset = dataset.cache()
     for _ in dataset:  # fill the cache
         pass

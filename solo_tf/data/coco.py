@@ -51,6 +51,8 @@ _SPEC = (
     ("image_id", tf.int64, []),
     ("original_size", tf.int32, [2]),
 )
+# The decoded-example signature of docs/architecture.md section 1, for tf.data generators.
+EXAMPLE_SPEC = {key: tf.TensorSpec(shape, dtype) for key, dtype, shape in _SPEC}
 
 
 def is_tf_decodable(data: bytes) -> bool:

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from solo_tf.config import DataConfig, TargetConfig
+from solo_tf.data.coco import EXAMPLE_SPEC
 from solo_tf.data.pipeline import build_eval_dataset, build_train_dataset
 
 DATA = DataConfig(
@@ -23,14 +24,6 @@ DATA = DataConfig(
 TARGETS = TargetConfig(
     num_grids=(8, 4), scale_ranges=((1, 48), (24, 128)), max_instances=4, mask_stride=4
 )
-SPEC = {
-    "image": tf.TensorSpec([None, None, 3], tf.uint8),
-    "masks": tf.TensorSpec([None, None, None], tf.uint8),
-    "classes": tf.TensorSpec([None], tf.int32),
-    "is_crowd": tf.TensorSpec([None], tf.bool),
-    "image_id": tf.TensorSpec([], tf.int64),
-    "original_size": tf.TensorSpec([2], tf.int32),
-}
 
 
 def make_example(image_id, height, width, boxes, crowd=None, mask_size=None):
@@ -61,7 +54,7 @@ FIXTURE = [
 
 
 def as_dataset(examples):
-    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=SPEC)
+    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=EXAMPLE_SPEC)
 
 
 def take(dataset, count):
