@@ -3,9 +3,9 @@
 Run:   .venv/bin/python benchmarks/compare.py --work_dir runs/compare           # full run
        .venv/bin/python benchmarks/compare.py --work_dir runs/compare --quick   # 512x512 only
        .venv/bin/python benchmarks/compare.py --work_dir runs/compare --report_only
-On 2 shared CPU cores the exports take ~8 min, 512x512 inference ~6, the training step ~5,
-800x1333 inference ~15; batch 8 at 800x1333 needs more than 24 GB for the SOLO models (their
-workers were OOM-killed there; the failure is recorded in results.json, the rest goes on).
+Models: SOLO R50 and Decoupled SOLO R50 in float32 and, with the same weights, exported
+with ``--compute_dtype=bfloat16`` (``vanilla_bf16``, ``decoupled_bf16``), and the peer;
+``--models`` picks a subset. The run takes about an hour on 2 CPU cores.
 Writes ``WORK_DIR/results.json``, ``WORK_DIR/latency_vs_size.png`` (also
 ``docs/images/latency_vs_size.png``) and the section "## Against Model Garden's Mask R-CNN" of
 ``docs/benchmarks.md`` (``--nowrite_docs`` to leave the docs alone). ``WORK_DIR`` keeps the
@@ -14,9 +14,11 @@ model_dirs and every SavedModel (``saved_models/<name>_<H>x<W>/1``); a second ru
 What is measured, each model in a subprocess of its own (peak memory is its ``ru_maxrss``):
 * inference through each SavedModel's ``serving_default`` signature on uint8 [B, H, W, 3]
   image tensors (pre-processing, network and post-processing in the graph): batch-1 latency
-  (median and p90 of ``--runs`` calls) and batch-8 throughput. The three models of one input
-  size are loaded by three worker processes that the parent drives in turn, one call at a
-  time, in a rotating order, so drift in the machine's load hits all of them alike;
+  (median and p90 of ``--runs`` calls) and batch-8 throughput. For batch 1 the models of one
+  input size are loaded by one worker process each, which the parent drives in turn, one
+  call at a time, in a rotating order, so drift in the machine's load hits all of them
+  alike; batch 8 then runs one model at a time (a fresh worker, the others closed), so that
+  the models' batch-8 memory does not add up on a 24 GiB machine;
 * one training step at batch 2, 640 x 640: our ``train_lib`` replica step (forward,
   ``solo_loss``, gradients, clipping, SGD update) and Model Garden's ``MaskRCNNTask.train_step``
   (``benchmarks.peer_maskrcnn``), alternated the same way;
@@ -55,8 +57,17 @@ NUM_INSTANCES = 8
 LABEL = {
     "vanilla": "SOLO R50",
     "decoupled": "Decoupled SOLO R50",
+    "vanilla_bf16": "SOLO R50, bfloat16",
+    "decoupled_bf16": "Decoupled SOLO R50, bfloat16",
     PEER: "Mask R-CNN R50-FPN (Model Garden)",
 }
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``vanilla`` -> (``vanilla``, ``float32``); ``decoupled_bf16`` -> (``decoupled``,
+    ``bfloat16``): the head and the export's ``--compute_dtype``."""
+    head, _, suffix = target.partition("_")
+    return head, {"": "float32", "bf16": "bfloat16"}[suffix]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -116,18 +127,22 @@ def write_model_dir(model_dir: str, head: str) -> None:
     tf.train.Checkpoint(model=model).save(os.path.join(model_dir, "ckpt"))
 
 
-def export_solo(model_dir: str, export_dir: str, image_size) -> dict:
-    """Exports ``model_dir`` for ``image_size`` inputs; returns its FLOPs and parameters."""
+def export_solo(model_dir: str, export_dir: str, image_size, compute_dtype="float32") -> dict:
+    """Exports ``model_dir`` for ``image_size`` inputs; returns its FLOPs and parameters.
+
+    FLOPs are counted on the batched post-processing (``per_image=False``: the profiler does
+    not count ops inside the per-image ``tf.map_fn``); the arithmetic is the same."""
     import tensorflow as tf  # noqa: PLC0415
 
     from benchmarks import flops  # noqa: PLC0415
     from export import saved_model, serving_module  # noqa: PLC0415
 
-    source = serving_module.ExportSource.from_model_dir(model_dir, "latest")
+    source = serving_module.ExportSource.from_model_dir(model_dir, "latest", compute_dtype)
     source = dataclasses.replace(source, config=with_input_size(source.config, image_size))
     saved_model.export_saved_model(source, export_dir)
     spec = tf.TensorSpec([1, *image_size, 3], tf.uint8)
-    count, by_type = flops.function_flops_by_type(serving_module.serve_images_fn(source), [spec])
+    serve = serving_module.serve_images_fn(source, per_image=False)
+    count, by_type = flops.function_flops_by_type(serve, [spec])
     return {"flops": count, "flops_by_type": by_type, "params": int(source.model.count_params())}
 
 
@@ -242,10 +257,11 @@ def export_worker(target: str, size, work_dir: str) -> None:
         count, by_type = peer_maskrcnn.serve_flops(size)
         result = {"flops": count, "flops_by_type": by_type}
     else:
-        model_dir = os.path.join(work_dir, "model_dirs", f"solo_{target}")
+        head, compute_dtype = split_target(target)  # bf16 exports share the fp32 weights
+        model_dir = os.path.join(work_dir, "model_dirs", f"solo_{head}")
         if not os.path.exists(os.path.join(model_dir, "checkpoint")):
-            write_model_dir(model_dir, target)
-        result = export_solo(model_dir, export_dir, size)
+            write_model_dir(model_dir, head)
+        result = export_solo(model_dir, export_dir, size, compute_dtype)
     emit({**result, "export_s": time.perf_counter() - start, "rss_mib": peak_rss_mib()})
 
 
@@ -372,9 +388,11 @@ def run_export(target: str, size, work_dir: str, cache: dict) -> dict:
 
 
 def run_inference(size, targets, work_dir: str, runs: int, batch_runs: int, errors: dict):
-    """Batch-1 latency then batch-8 throughput of every target at ``size``, alternated.
+    """Batch-1 latency of every target at ``size``, alternated, then batch-8 throughput.
 
-    A failure at batch 8 (memory, say) is recorded in ``errors`` and keeps the batch-1 figures.
+    Batch 8 runs one model at a time (a fresh worker each, the others closed), so that the
+    models' batch-8 memory does not add up and each peak RSS is the model's own. A failure at
+    batch 8 (memory, say) is recorded in ``errors`` and keeps the batch-1 figures.
     """
     print(f"inference {size_name(size)}: {', '.join(targets)}", flush=True)
     workers, ready = start_workers("serve", targets, work_dir, size)
@@ -386,19 +404,24 @@ def run_inference(size, targets, work_dir: str, runs: int, batch_runs: int, erro
             out[t].update(
                 batch1=stats(batch1["times"][t]), rss_batch1_mib=batch1["last"][t]["rss_mib"]
             )
-        try:
-            eight = {**one, "batch": THROUGHPUT_BATCH}
-            batch8 = alternate(workers, eight, warmup=1, runs=batch_runs)
-            for t in targets:
-                out[t].update(
-                    batch8=stats(batch8["times"][t]), rss_batch8_mib=batch8["last"][t]["rss_mib"]
-                )
-        except RuntimeError as error:
-            errors[f"batch{THROUGHPUT_BATCH}_{size_name(size)}"] = str(error)
-            print(error, flush=True)
     finally:
         for worker in workers.values():
             worker.close()
+    eight = {**one, "batch": THROUGHPUT_BATCH}
+    for target in targets:
+        try:
+            workers, _ = start_workers("serve", [target], work_dir, size)
+            try:
+                batch8 = alternate(workers, eight, warmup=1, runs=batch_runs)
+            finally:
+                workers[target].close()
+            out[target].update(
+                batch8=stats(batch8["times"][target]),
+                rss_batch8_mib=batch8["last"][target]["rss_mib"],
+            )
+        except RuntimeError as error:
+            errors[f"batch{THROUGHPUT_BATCH}_{size_name(size)}_{target}"] = str(error)
+            print(error, flush=True)
     return out
 
 
@@ -473,7 +496,9 @@ def run_all(work_dir: str, opts) -> dict:
             print(error, flush=True)
         write_results(work_dir, results)
         if size == sizes[0] and not opts.skip_train:  # before the largest, slowest size
-            train_targets = [t for t in targets if t != "decoupled"] if quick else targets
+            train_targets = [t for t in targets if t in (*HEADS, PEER)]  # float32 only
+            if quick:
+                train_targets = [t for t in train_targets if t != "decoupled"]
             try:
                 results["training"] = run_training(train_targets, work_dir, train_runs, train_size)
             except RuntimeError as error:
@@ -506,7 +531,11 @@ def define_flags() -> None:
     flags.DEFINE_string("target", "", "Internal: the worker's model.")
     flags.DEFINE_string("size", "", "Internal: the worker's image size HxW.")
     flags.DEFINE_string("train_size", "640x640", "Training-step input HxW.")
-    flags.DEFINE_string("models", "vanilla,decoupled,maskrcnn", "Models to measure.")
+    flags.DEFINE_string(
+        "models",
+        "vanilla,decoupled,vanilla_bf16,decoupled_bf16,maskrcnn",
+        "Models to measure (_bf16: the same weights exported with --compute_dtype=bfloat16).",
+    )
 
 
 # ---------------------------------------------------------------- the report
@@ -514,7 +543,8 @@ def define_flags() -> None:
 SECTION = "## Against Model Garden's Mask R-CNN"
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 PLOT = os.path.join(ROOT, "docs", "images", "latency_vs_size.png")
-PAD = {"vanilla": 32, "decoupled": 32, PEER: 64}  # Model Garden pads to 2^max_level
+# Model Garden pads to 2^max_level.
+PAD = {"vanilla": 32, "decoupled": 32, "vanilla_bf16": 32, "decoupled_bf16": 32, PEER: 64}
 
 
 def machine_info() -> dict:
@@ -556,7 +586,7 @@ def plot(results: dict, paths: list[str]) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     sizes = list(results["inference"])
-    for target in [*HEADS, PEER]:
+    for target in LABEL:
         points = [
             (s, results["inference"][s][target]["batch1"])
             for s in sizes
@@ -584,11 +614,16 @@ def plot(results: dict, paths: list[str]) -> None:
     plt.close(fig)
 
 
+def _dtype(target: str) -> str:
+    return "float32" if target == PEER else split_target(target)[1]
+
+
 def _ratio(ours: float, peer: float | None) -> str:
     return f"{ours / peer:.2f}" if peer else "-"
 
 
-def inference_rows(results: dict, fp32_peak: float) -> list[str]:
+def inference_rows(results: dict, peaks: dict) -> list[str]:
+    """One table row per (size, model); % of peak is of the row's own dtype's matmul peak."""
     rows = []
     for size, by_target in results["inference"].items():
         peer = by_target.get(PEER)
@@ -610,7 +645,7 @@ def inference_rows(results: dict, fp32_peak: float) -> list[str]:
                 f"{ips_text} | {_ratio(ips, peer_ips) if b8 else '-'} | "
                 f"{r['rss_batch1_mib'] / 1024:.2f} / {rss8} | "
                 f"{flops / 1e9:.0f} | {achieved:.0f} | "
-                f"{100 * achieved / fp32_peak:.0f}% |"
+                f"{100 * achieved / peaks[_dtype(target)]:.0f}% {_dtype(target)} |"
             )
     return rows
 
@@ -657,29 +692,35 @@ def markdown(results: dict) -> str:
         f"the start, {results.get('load_average_end', [float('nan')])[0]:.1f} at the end.",
         *(["", results["note"]] if results.get("note") else []),
         "",
-        "Models, all with random weights and in float32: SOLO R50 and Decoupled SOLO R50 (the "
+        "Models, all with random weights: SOLO R50 and Decoupled SOLO R50 (the "
         "default `ModelConfig`: ResNet-50, FPN, 7-conv heads, grids 40..12, 80 classes; exported "
         "by `export.saved_model`, post-processing inside: Matrix NMS, masks resized to the "
-        "image) and Model Garden's `maskrcnn_resnetfpn_coco` (ResNet-50-FPN, 91 classes, "
+        "image; float32, and the same weights exported with `--compute_dtype=bfloat16`: "
+        "bfloat16 convolutions under Keras' `mixed_bfloat16` policy, float32 "
+        "post-processing; the SavedModels post-process one image at a time) and Model Garden's "
+        "`maskrcnn_resnetfpn_coco` (ResNet-50-FPN, 91 classes, "
         "exported by `official.vision.serving.export_saved_model_lib`, `image_tensor` input, "
         "dynamic batch; its masks come out as 28 x 28 crops per box, not pasted into the "
         "image). Inference: each SavedModel's `serving_default` on a uint8 [B, H, W, 3] "
         "tensor, each model in its own worker process, calls alternated between the models "
         f"in a rotating order; batch 1: median and p90 of {runs['batch1']} calls after 2 "
         f"warm-up calls; batch {THROUGHPUT_BATCH}: images/s from the median of "
-        f"{runs['batch8']} calls. x peer: ours / Mask R-CNN from the same run (latency: below 1 "
+        f"{runs['batch8']} calls after 1 warm-up call, one model at a time (its own fresh "
+        "worker, the others closed, so that their memory does not add up). "
+        "x peer: ours / Mask R-CNN from the same run (latency: below 1 "
         "is faster; throughput: above 1 is faster). Peak RSS: the worker's `ru_maxrss` after "
         "the batch-1 calls / after the batch-8 calls (the model loaded included). GFLOPs: one "
         "batch-1 call of the serving function, counted by the TF profiler "
         "(`benchmarks/flops.py`: multiply-add = 2; ops inside while loops and dynamically "
         "shaped ops after NMS not counted); achieved = GFLOPs / batch-1 median; % peak: of "
-        f"the float32 matmul peak below ({fp32:.0f} GFLOP/s).",
+        f"the matmul peak below in the row's dtype (float32 {fp32:.0f} GFLOP/s, bfloat16 "
+        f"{peaks.get('bfloat16', {}).get('gflops', float('nan')):.0f}).",
         "",
         "| model | input (padded) | batch-1 median ms | p90 ms | x peer | "
         f"batch-{THROUGHPUT_BATCH} images/s | x peer | peak RSS GiB (b1 / b{THROUGHPUT_BATCH}) "
-        "| GFLOPs / image | achieved GFLOP/s | % fp32 peak |",
+        "| GFLOPs / image | achieved GFLOP/s | % of peak |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *inference_rows(results, fp32),
+        *inference_rows(results, {d: p.get("gflops", float("nan")) for d, p in peaks.items()}),
         "",
         "![latency vs input size](images/latency_vs_size.png)",
         "",

@@ -97,16 +97,22 @@ def export_from_model_dir(
     checkpoint: str = "best",
     model_name: str = "solo",
     version: int = 1,
+    compute_dtype: str = "float32",
 ) -> str:
     """Restores ``model_dir``'s checkpoint and writes ``output_dir/model_name/version``."""
-    source = serving_module.ExportSource.from_model_dir(model_dir, checkpoint)
+    source = serving_module.ExportSource.from_model_dir(model_dir, checkpoint, compute_dtype)
     return export_saved_model(source, os.path.join(output_dir, model_name, str(version)))
 
 
 def main(argv):
     del argv
     path = export_from_model_dir(
-        FLAGS.model_dir, FLAGS.output_dir, FLAGS.checkpoint, FLAGS.model_name, FLAGS.version
+        FLAGS.model_dir,
+        FLAGS.output_dir,
+        FLAGS.checkpoint,
+        FLAGS.model_name,
+        FLAGS.version,
+        FLAGS.compute_dtype,
     )
     print(path)
 
@@ -117,6 +123,13 @@ if __name__ == "__main__":
     flags.DEFINE_string("output_dir", None, "The model base folder goes under it.")
     flags.DEFINE_string("model_name", "solo", "TF Serving model name (a folder).")
     flags.DEFINE_integer("version", 1, "TF Serving model version (a numbered folder).")
+    flags.DEFINE_enum(
+        "compute_dtype",
+        "float32",
+        list(serving_module.COMPUTE_POLICIES),
+        "Network arithmetic: float32, or bfloat16 (float32 weights, bfloat16 convolutions; "
+        "~1.5x faster on CPUs with AMX). Post-processing is float32 either way.",
+    )
     flags.mark_flags_as_required(["model_dir", "output_dir"])
     FLAGS = flags.FLAGS
     app.run(main)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -38,6 +39,9 @@ DETECTION_KEYS = (
     "detection_boxes",
 )
 
+# --compute_dtype -> the Keras dtype policy the network is built under.
+COMPUTE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
 # Magic numbers of the formats tf.io.decode_image reads.
 _IMAGE_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG", "GIF": b"GIF8", "BMP": b"BM"}
 
@@ -51,7 +55,17 @@ class ExportSource:
     label_map: LabelMap
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, checkpoint: str = "best") -> ExportSource:
+    def from_model_dir(
+        cls, model_dir: str, checkpoint: str = "best", compute_dtype: str = "float32"
+    ) -> ExportSource:
+        """Restores ``model_dir``. ``compute_dtype="bfloat16"`` builds the network under
+        Keras' ``mixed_bfloat16`` policy: float32 weights (the same checkpoint), bfloat16
+        convolutions and activations (fast on CPUs with AMX and on GPUs/TPUs); the
+        post-processing casts the logits to float32 and runs in float32 either way."""
+        if compute_dtype not in COMPUTE_POLICIES:
+            raise ValueError(
+                f"compute_dtype must be one of {sorted(COMPUTE_POLICIES)}, got {compute_dtype!r}"
+            )
         config = inference.load_config(model_dir)
         label_map = inference.load_label_map(model_dir)
         if label_map.num_classes != config.model.num_classes:
@@ -59,7 +73,12 @@ class ExportSource:
                 f"{model_dir}: label_map.json has {label_map.num_classes} categories but the "
                 f"model predicts {config.model.num_classes} classes"
             )
-        model = inference.load_model(model_dir, checkpoint, config)
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(COMPUTE_POLICIES[compute_dtype])
+        try:
+            model = inference.load_model(model_dir, checkpoint, config)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
         return cls(model=model, config=config, label_map=label_map)
 
     def config_json(self) -> str:
@@ -69,17 +88,51 @@ class ExportSource:
         return json.dumps(self.label_map.to_dict(), indent=1)
 
 
-def detect(source: ExportSource, images, image_info, output_size=None) -> dict:
-    """Model + post-processing of padded float32 images [B, H, W, 3] -> detections dict."""
+def detect(source: ExportSource, images, image_info, output_size=None, per_image=False) -> dict:
+    """Model + post-processing of padded float32 images [B, H, W, 3] -> detections dict.
+
+    The network always runs on the whole batch. ``per_image=True`` post-processes one image
+    at a time (``tf.map_fn``, one iteration in flight): the same detections, but the
+    post-processing's largest tensors ([P, H/4, W/4] candidate masks, [K, Ho, Wo] output
+    masks) exist for one image instead of the batch, which is what lets batch 8 at
+    800x1333 fit in memory. The SavedModel signatures use it; the TFLite graph (batch 1)
+    does not need it.
+    """
     outputs = source.model(images, training=False)
     class_ids = tf.constant(source.label_map.class_ids, tf.int32)
-    return postprocess.postprocess(
-        outputs,
-        image_info,
-        source.config.model,
-        source.config.postprocess,
-        class_ids,
-        output_size,
+
+    def run(outputs, image_info, output_size):
+        return postprocess.postprocess(
+            outputs,
+            image_info,
+            source.config.model,
+            source.config.postprocess,
+            class_ids,
+            output_size,
+        )
+
+    if not per_image:
+        return run(outputs, image_info, output_size)
+    if output_size is None:  # the batch's largest original size, as the batched path pads
+        original = tf.cast(tf.round(image_info[:, 0]), tf.int32)
+        output_size = (tf.reduce_max(original[:, 0]), tf.reduce_max(original[:, 1]))
+    k = source.config.postprocess.max_detections
+    signature = {
+        "num_detections": tf.TensorSpec([], tf.int32),
+        "detection_scores": tf.TensorSpec([k], tf.float32),
+        "detection_classes": tf.TensorSpec([k], tf.int32),
+        "detection_masks": tf.TensorSpec([k, None, None], tf.uint8),
+        "detection_boxes": tf.TensorSpec([k, 4], tf.float32),
+    }
+
+    def one(args):
+        single_outputs, single_info = args
+        batch_of_one = {key: value[None] for key, value in single_outputs.items()}
+        dets = run(batch_of_one, single_info[None], output_size)
+        return {key: dets[key][0] for key in signature}
+
+    return tf.map_fn(
+        one, (outputs, image_info), fn_output_signature=signature, parallel_iterations=1
     )
 
 
@@ -152,7 +205,7 @@ def _with_info(detections: dict, image_info: tf.Tensor) -> dict:
     return {**{k: detections[k] for k in DETECTION_KEYS}, "image_info": image_info}
 
 
-def serve_images_fn(source: ExportSource):
+def serve_images_fn(source: ExportSource, per_image: bool = True):
     """``images uint8 [B, H0, W0, 3] -> detections`` (the ``serving_default`` signature)."""
 
     def serve(images):
@@ -160,12 +213,12 @@ def serve_images_fn(source: ExportSource):
         padded, image_info = _preprocess_batch(
             lambda image: image, images, source.config.data, "serving_default"
         )
-        return _with_info(detect(source, padded, image_info), image_info)
+        return _with_info(detect(source, padded, image_info, per_image=per_image), image_info)
 
     return serve
 
 
-def serve_image_bytes_fn(source: ExportSource):
+def serve_image_bytes_fn(source: ExportSource, per_image: bool = True):
     """``image_bytes string [B] -> detections``; images may differ in size.
 
     Masks come back padded to the batch's largest height and width; ``image_info[:, 0]``
@@ -176,12 +229,12 @@ def serve_image_bytes_fn(source: ExportSource):
         padded, image_info = _preprocess_batch(
             decode_image, image_bytes, source.config.data, "serve_image_bytes"
         )
-        return _with_info(detect(source, padded, image_info), image_info)
+        return _with_info(detect(source, padded, image_info, per_image=per_image), image_info)
 
     return serve
 
 
-def serve_examples_fn(source: ExportSource):
+def serve_examples_fn(source: ExportSource, per_image: bool = True):
     """``serialized tf.Example string [B]`` (``image/encoded``) -> detections."""
     features = {"image/encoded": tf.io.FixedLenFeature([], tf.string, default_value="")}
 
@@ -190,7 +243,7 @@ def serve_examples_fn(source: ExportSource):
         padded, image_info = _preprocess_batch(
             decode_image, parsed["image/encoded"], source.config.data, "serve_examples"
         )
-        return _with_info(detect(source, padded, image_info), image_info)
+        return _with_info(detect(source, padded, image_info, per_image=per_image), image_info)
 
     return serve
 

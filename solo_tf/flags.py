@@ -93,7 +93,7 @@ HELP = {
     "keep_checkpoints": "Checkpoints kept.",
     "eval_every": "Steps between evaluations; 0 disables.",
     "mixed_precision": "'' (float32), bfloat16 or float16 (with loss scaling).",
-    "jit_compile": "XLA-compile the model's forward and backward pass.",
+    "jit_compile": "XLA-compile the model's forward and backward pass (on CPU: float32 only).",
     "strategy": "mirrored, one_device, multi_worker (TF_CONFIG) or tpu.",
     "pretrained_backbone": "keras-cv preset handle, local preset dir or .weights.h5 file.",
 }

@@ -191,6 +191,24 @@ def _write_summaries(writer, step, metrics, lr, images_per_s):
         tf.summary.scalar("throughput/images_per_s", images_per_s)
 
 
+def check_jit_and_precision(tconf: cfg.TrainConfig) -> None:
+    """Refuses ``--jit_compile`` with ``--mixed_precision=bfloat16`` on a CPU-only machine.
+
+    XLA's CPU backend rejects the mixed float32/bfloat16 graph of the backward pass ("Seen
+    floating point types of different precisions ... mixed precision is disallowed", TF 2.20)
+    after the first step has been traced; saying so up front saves the wait.
+    """
+    if not (tconf.jit_compile and tconf.mixed_precision == "bfloat16"):
+        return
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return
+    raise ValueError(
+        "--jit_compile with --mixed_precision=bfloat16 does not run on CPU: XLA's CPU backend "
+        "refuses mixed float32/bfloat16 graphs. On a CPU use one of them (bfloat16 without "
+        "XLA is the faster on CPUs with AMX)."
+    )
+
+
 def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, after_loop=None):
     """Trains (or resumes) the run in ``config.train.model_dir``.
 
@@ -204,6 +222,7 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, af
     from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency of the entry point
 
     tconf = config.train
+    check_jit_and_precision(tconf)
     keras.utils.set_random_seed(tconf.seed)
     if config.data.deterministic:
         tf.config.experimental.enable_op_determinism()

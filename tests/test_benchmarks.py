@@ -127,17 +127,32 @@ def _results():
         "finished": "end",
         "load_average_end": (2.0, 2.0, 2.0),
         "errors": {},
-        "machine_peak": [{"dtype": "float32", "n": 4096, "gflops": 100.0}],
+        "machine_peak": [
+            {"dtype": "float32", "n": 4096, "gflops": 100.0},
+            {"dtype": "bfloat16", "n": 4096, "gflops": 400.0},
+        ],
         "exports": {
             "vanilla_512x512": {"flops": 50e9, "flops_by_type": {"Conv2D": 40e9, "Mul": 10e9}},
+            "vanilla_bf16_512x512": {"flops": 50e9},
             "maskrcnn_512x512": {"flops": 100e9},
         },
-        "inference": {"512x512": {"vanilla": model(0.5, 2.0), "maskrcnn": model(1.0, 8.0)}},
+        "inference": {
+            "512x512": {
+                "vanilla": model(0.5, 2.0),
+                "vanilla_bf16": model(0.25, 1.0),
+                "maskrcnn": model(1.0, 8.0),
+            }
+        },
         "training": {
             "vanilla": {"median_s": 3.0, "p90_s": 3.5, "peak_rss_mib": 4096.0},
             "maskrcnn": {"median_s": 6.0, "p90_s": 6.5, "peak_rss_mib": 2048.0},
         },
     }
+
+
+def test_split_target():
+    assert compare.split_target("vanilla") == ("vanilla", "float32")
+    assert compare.split_target("decoupled_bf16") == ("decoupled", "bfloat16")
 
 
 def test_markdown_ratios():
@@ -146,7 +161,10 @@ def test_markdown_ratios():
     # vanilla: 500 ms vs 1000 ms -> 0.50; 4 images/s vs 1 -> 4.00; 50 GFLOPs / 0.5 s = 100
     # GFLOP/s = 100% of the 100 GFLOP/s peak.
     assert "| SOLO R50 | 512x512 (512x512) | 500 | 750 | 0.50 | 4.00 | 4.00 | 1.00 / 2.00 |" in text
-    assert "| 50 | 100 | 100% |" in text
+    assert "| 50 | 100 | 100% float32 |" in text
+    # bfloat16: 50 GFLOPs / 0.25 s = 200 GFLOP/s = 50% of the 400 GFLOP/s bfloat16 peak.
+    assert "| SOLO R50, bfloat16 | 512x512 (512x512) | 250 | 375 | 0.25 | 8.00 | 8.00 |" in text
+    assert "| 50 | 200 | 50% bfloat16 |" in text
     assert "| Mask R-CNN R50-FPN (Model Garden) | 512x512 (512x512) | 1000 | 1500 | 1.00 |" in text
     assert "| SOLO R50 | 3.00 | 3.50 | 0.50 | 4.00 |" in text
     assert "| float32 | 4096 | 100 |" in text
@@ -198,13 +216,15 @@ def test_compare_end_to_end_tiny(tmp_path):
         "--nowrite_docs",
         # The vanilla head shares every code path with the decoupled one here; leaving it out
         # keeps this test within a few minutes on 2 cores.
-        "--models=decoupled,maskrcnn",
+        "--models=decoupled,decoupled_bf16,maskrcnn",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert not results["errors"], results["errors"]
-    assert set(results["inference"]["128x128"]) == {"decoupled", "maskrcnn"}
-    assert set(results["training"]) == {"decoupled", "maskrcnn"}
+    assert set(results["inference"]["128x128"]) == {"decoupled", "decoupled_bf16", "maskrcnn"}
+    assert set(results["training"]) == {"decoupled", "maskrcnn"}  # float32 steps only
+    for target in results["inference"]["128x128"].values():
+        assert target["batch8"]["median_s"] > 0
     assert os.path.exists(tmp_path / "saved_models" / "maskrcnn_128x128" / "1" / "saved_model.pb")
     assert os.path.exists(tmp_path / "latency_vs_size.png")

@@ -208,3 +208,19 @@ def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
     assert metrics["num_images"] == 8
     assert metrics["AP"] == pytest.approx(best["AP"], abs=1e-6)
     assert metrics["AP"] >= 0.8, metrics
+
+
+def test_jit_with_bfloat16_is_refused_on_cpu():
+    import tensorflow as tf  # noqa: PLC0415
+
+    from solo_tf import config as cfg  # noqa: PLC0415
+    from solo_tf import train_lib  # noqa: PLC0415
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the check only refuses CPU-only machines")
+    with pytest.raises(ValueError, match="jit_compile"):
+        train_lib.check_jit_and_precision(
+            cfg.TrainConfig(jit_compile=True, mixed_precision="bfloat16")
+        )
+    train_lib.check_jit_and_precision(cfg.TrainConfig(jit_compile=True))  # float32: fine
+    train_lib.check_jit_and_precision(cfg.TrainConfig(mixed_precision="bfloat16"))
