@@ -760,28 +760,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
-    """Replaces this section of ``path`` (or appends it); other sections stay as they are."""
-    text = open(path).read()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def report(results: dict, work_dir: str, write_docs: bool = True) -> str:
     paths = [os.path.join(work_dir, "latency_vs_size.png")] + ([PLOT] if write_docs else [])
     if results["inference"]:
         plot(results, paths)
+    from benchmarks.docs_section import replace_section  # noqa: PLC0415
+
     section = markdown(results)
     with open(os.path.join(work_dir, "section.md"), "w") as f:
         f.write(section)
     if write_docs:
-        write_section(DOCS, section)
+        replace_section(DOCS, section)
     return section
 
 

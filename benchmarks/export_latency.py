@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.docs_section import replace_section  # noqa: E402
 from solo_tf import exported  # noqa: E402
 
 SECTION = "## Exported models"
@@ -90,18 +91,6 @@ def table(runners, times, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    doc = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[end + 1 :] if end >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    with open(DOC, "w") as f:
-        f.write(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--saved_model", default="")
@@ -116,7 +105,7 @@ def main() -> None:
     text = table(runners, time_round_robin(runners, args.runs), args)
     print(text)
     if args.write:
-        write_section(text)
+        replace_section(DOC, text)
 
 
 if __name__ == "__main__":

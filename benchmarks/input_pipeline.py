@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.docs_section import replace_section  # noqa: E402
 from solo_tf.config import DataConfig, TargetConfig  # noqa: E402
 from solo_tf.data.coco import EXAMPLE_SPEC  # noqa: E402
 from solo_tf.data.pipeline import build_eval_dataset, build_train_dataset  # noqa: E402
@@ -183,18 +183,6 @@ def markdown(rows: list[dict], runs: int, batches: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: str = DOC) -> None:
-    """Replaces (or appends) the "## Input pipeline" section, leaving the others alone."""
-    content = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text + "\n", content, count=1)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(content.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -205,7 +193,7 @@ def main() -> None:
     text = markdown(rows, args.runs, args.batches)
     print(text)
     if args.write:
-        write_section(text)
+        replace_section(DOC, text)
         print(f"updated {DOC}")
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from benchmarks.docs_section import replace_section
 from solo_tf.config import LossConfig, ModelConfig
 from solo_tf.losses import solo_loss
 from solo_tf.modeling.factory import build_model
@@ -150,20 +151,6 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
-    """Replaces (or appends) this benchmark's section, leaving the rest of the file as is."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        rest = "" if end < 0 else text[end + 1 :]
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv):
     del argv
     if _CHILD.value:
@@ -173,7 +160,7 @@ def main(argv):
     section = markdown(results)
     print(section)
     if _WRITE_DOCS.value:
-        write_section(DOCS, section)
+        replace_section(DOCS, section)
 
 
 if __name__ == "__main__":

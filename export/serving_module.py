@@ -92,47 +92,20 @@ def detect(source: ExportSource, images, image_info, output_size=None, per_image
     """Model + post-processing of padded float32 images [B, H, W, 3] -> detections dict.
 
     The network always runs on the whole batch. ``per_image=True`` post-processes one image
-    at a time (``tf.map_fn``, one iteration in flight): the same detections, but the
-    post-processing's largest tensors ([P, H/4, W/4] candidate masks, [K, Ho, Wo] output
-    masks) exist for one image instead of the batch, which is what lets batch 8 at
-    800x1333 fit in memory. The SavedModel signatures use it; the TFLite graph (batch 1)
-    does not need it.
+    at a time (``postprocess.postprocess_each_image``): the same detections, with the
+    post-processing's memory of one image instead of the batch. The SavedModel signatures use
+    it; the TFLite graph (batch 1) does not need it.
     """
     outputs = source.model(images, training=False)
     class_ids = tf.constant(source.label_map.class_ids, tf.int32)
-
-    def run(outputs, image_info, output_size):
-        return postprocess.postprocess(
-            outputs,
-            image_info,
-            source.config.model,
-            source.config.postprocess,
-            class_ids,
-            output_size,
-        )
-
-    if not per_image:
-        return run(outputs, image_info, output_size)
-    if output_size is None:  # the batch's largest original size, as the batched path pads
-        original = tf.cast(tf.round(image_info[:, 0]), tf.int32)
-        output_size = (tf.reduce_max(original[:, 0]), tf.reduce_max(original[:, 1]))
-    k = source.config.postprocess.max_detections
-    signature = {
-        "num_detections": tf.TensorSpec([], tf.int32),
-        "detection_scores": tf.TensorSpec([k], tf.float32),
-        "detection_classes": tf.TensorSpec([k], tf.int32),
-        "detection_masks": tf.TensorSpec([k, None, None], tf.uint8),
-        "detection_boxes": tf.TensorSpec([k, 4], tf.float32),
-    }
-
-    def one(args):
-        single_outputs, single_info = args
-        batch_of_one = {key: value[None] for key, value in single_outputs.items()}
-        dets = run(batch_of_one, single_info[None], output_size)
-        return {key: dets[key][0] for key in signature}
-
-    return tf.map_fn(
-        one, (outputs, image_info), fn_output_signature=signature, parallel_iterations=1
+    run = postprocess.postprocess_each_image if per_image else postprocess.postprocess
+    return run(
+        outputs,
+        image_info,
+        source.config.model,
+        source.config.postprocess,
+        class_ids,
+        output_size,
     )
 
 

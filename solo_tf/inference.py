@@ -60,16 +60,18 @@ def load_model(model_dir: str, checkpoint: str = "best", config: cfg.SOLOConfig 
     return model
 
 
-def make_detect_fn(model, config: cfg.SOLOConfig, class_ids, output_size=None):
-    """tf.function ``(images [B,H,W,3] float32, image_info [B,4,2]) -> detections``."""
+def make_detect_fn(model, config: cfg.SOLOConfig, class_ids, output_size=None, per_image=True):
+    """tf.function ``(images [B,H,W,3] float32, image_info [B,4,2]) -> detections``.
+
+    The network runs on the batch; ``per_image`` (default) post-processes one image at a
+    time, which gives the same detections with the memory of one image."""
     class_ids = tf.constant(np.asarray(class_ids, np.int32))
+    run = postprocess.postprocess_each_image if per_image else postprocess.postprocess
 
     @tf.function
     def detect(images, image_info):
         outputs = model(images, training=False)
-        return postprocess.postprocess(
-            outputs, image_info, config.model, config.postprocess, class_ids, output_size
-        )
+        return run(outputs, image_info, config.model, config.postprocess, class_ids, output_size)
 
     return detect
 

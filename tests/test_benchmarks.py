@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import compare, flops, machine_peak
+from benchmarks.docs_section import replace_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,9 +175,9 @@ def test_markdown_ratios():
 def test_write_section_keeps_other_sections(tmp_path):
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## A\n\nkeep a\n")
-    compare.write_section(str(path), compare.SECTION + "\n\nfirst\n")
+    replace_section(str(path), compare.SECTION + "\n\nfirst\n")
     path.write_text(path.read_text() + "\n## B\n\nkeep b\n")
-    compare.write_section(str(path), compare.SECTION + "\n\nsecond\n")
+    replace_section(str(path), compare.SECTION + "\n\nsecond\n")
     text = path.read_text()
     assert "keep a" in text and "keep b" in text and "second" in text
     assert "first" not in text and text.count(compare.SECTION) == 1
@@ -228,3 +229,24 @@ def test_compare_end_to_end_tiny(tmp_path):
         assert target["batch8"]["median_s"] > 0
     assert os.path.exists(tmp_path / "saved_models" / "maskrcnn_128x128" / "1" / "saved_model.pb")
     assert os.path.exists(tmp_path / "latency_vs_size.png")
+
+
+def test_replace_section_appends_and_checks_the_heading(tmp_path):
+    path = tmp_path / "b.md"
+    replace_section(str(path), "## New\n\nbody\n")  # no file yet: a new document
+    assert path.read_text() == "# Benchmarks\n\n## New\n\nbody\n"
+    replace_section(str(path), "## New\n\nbody 2")
+    assert path.read_text() == "# Benchmarks\n\n## New\n\nbody 2\n"
+    with pytest.raises(ValueError, match="heading"):
+        replace_section(str(path), "no heading\n")
+
+
+def test_profile_markdown_tables():
+    from benchmarks import profile  # noqa: PLC0415
+
+    text = profile.markdown(
+        [("forward", 173.4, "")], [("SOLO R50", "bfloat16", "backbone", 812.6)], runs=5
+    )
+    assert text.startswith(profile.SECTION)
+    assert "| forward | 173 |  |" in text
+    assert "| SOLO R50 | bfloat16 | backbone | 813 |" in text

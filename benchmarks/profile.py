@@ -1,0 +1,233 @@
+"""Where the time goes: training on the demo recipe and SOLO R50 inference, stage by stage.
+
+Run:   .venv/bin/python -m benchmarks.profile                   (both parts, ~6 min on 2 cores)
+       .venv/bin/python -m benchmarks.profile --parts=inference --write_docs
+Prints markdown tables (the "## Profile" section of docs/benchmarks.md with ``--write_docs``).
+
+* ``train``: ``experiments/shapes.flags`` (the ``make demo`` model, bfloat16, batch 8 at
+  384 x 384) on the embedded dataset written to a temporary folder. Rows: the input pipeline
+  alone (``inputs.train_input_fn``: PNG decoding, augmentation, targets); the full training
+  step alone on one batch held in memory (``train_lib`` loop: forward, loss, backward, clip,
+  AdamW); forward only; and forward+backward of growing prefixes of the network (backbone,
+  + FPN, + head) with a plain sum as the loss, so that differences give each part's share.
+* ``inference``: the default ``ModelConfig`` (SOLO R50 and Decoupled SOLO R50, 80 classes,
+  random weights) at batch 1, 800 x 1344, float32 and bfloat16 (``mixed_bfloat16``): the
+  backbone, + FPN, the whole network, and network + ``postprocess`` (the exported graph
+  without the image decoding and resizing).
+
+Each row: the median wall time of ``--runs`` calls of a ``tf.function`` after 2 warm-up calls
+(the first traces). Prefix rows: a part's own cost is the difference between two rows.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks.docs_section import replace_section  # noqa: E402
+from solo_tf import config as cfg  # noqa: E402
+from solo_tf import distribute, postprocess, train_lib  # noqa: E402
+from solo_tf import flags as solo_flags  # noqa: E402
+from solo_tf.data import inputs, shapes  # noqa: E402
+from solo_tf.modeling import factory  # noqa: E402
+
+_PARTS = flags.DEFINE_list("parts", ["train", "inference"], "train and/or inference.")
+_RUNS = flags.DEFINE_integer("runs", 5, "Timed calls per row (median reported).")
+_WRITE_DOCS = flags.DEFINE_bool("write_docs", False, "Replace the docs/benchmarks.md section.")
+
+SECTION = "## Profile"
+DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+INFER_SIZE = (800, 1344)
+
+
+def timed(fn, runs: int) -> float:
+    """Median seconds of ``fn()`` (outputs fetched) after two warm-up calls."""
+    for _ in range(2):
+        tf.nest.map_structure(lambda t: t.numpy(), fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sum(outputs):
+    return tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32)) for t in tf.nest.flatten(outputs)])
+
+
+def _grad_fn(forward, variables):
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            loss = _sum(forward())
+        return tape.gradient(loss, variables)
+
+    return run
+
+
+def demo_config(data_dir: str) -> cfg.SOLOConfig:
+    values = flags.FlagValues()
+    solo_flags.define_flags(values)
+    ann = os.path.join(data_dir, "annotations")
+    values(
+        [
+            "profile",
+            f"--flagfile={os.path.join(ROOT, 'experiments', 'shapes.flags')}",
+            "--model_dir=/tmp/unused",
+            f"--train_annotations={ann}/instances_train.json",
+            f"--train_images={data_dir}/train",
+        ]
+    )
+    return solo_flags.config_from_flags(values)
+
+
+def profile_train(runs: int) -> list[tuple[str, float, str]]:
+    """Rows (what, milliseconds per batch of 8, note) for the demo recipe."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        shapes.generate(data_dir, num_train=64, num_val=1)
+        config = demo_config(data_dir)
+        train_lib.keras_policy(config.train.mixed_precision)
+        try:
+            strategy = distribute.create_strategy(config.train.strategy)
+            source = inputs.open_source(config.data, "train")
+            batch_size = config.train.global_batch_size
+            iterator = iter(
+                strategy.distribute_datasets_from_function(inputs.train_input_fn(config, source))
+            )
+
+            def pipeline_batches():
+                for _ in range(3):
+                    next(iterator)
+                start = time.perf_counter()
+                for _ in range(10 * runs):
+                    next(iterator)
+                return (time.perf_counter() - start) / (10 * runs)
+
+            pipeline_s = pipeline_batches()
+            model, optimizer, _ = train_lib.build_state(config, strategy, 75)
+            batch = next(iterator)
+            fixed = iter(tf.data.Dataset.from_tensors(batch).repeat())
+            loop = train_lib.make_train_loop(
+                strategy, train_lib.make_replica_step(model, optimizer, config)
+            )
+            step_s = timed(lambda: loop(fixed, tf.constant(1))["loss"], runs)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    images = batch["image"]
+    backbone = lambda: model.backbone(images, training=True)  # noqa: E731
+    with_fpn = lambda: model.fpn(backbone(), training=True)  # noqa: E731
+    whole = lambda: model.head(with_fpn(), training=True)  # noqa: E731
+    v = model.backbone.trainable_variables
+    rows = [
+        ("input pipeline alone (decode, augment, targets)", pipeline_s, f"{batch_size} images"),
+        ("training step alone (batch in memory)", step_s, "forward, loss, backward, AdamW"),
+        ("forward", timed(tf.function(whole), runs), ""),
+        ("backbone fwd+bwd", timed(_grad_fn(backbone, v), runs), ""),
+        (
+            "backbone + FPN fwd+bwd",
+            timed(_grad_fn(with_fpn, v + model.fpn.trainable_variables), runs),
+            "",
+        ),
+        (
+            "backbone + FPN + head fwd+bwd",
+            timed(_grad_fn(whole, model.trainable_variables), runs),
+            "the loss and the optimiser are the rest of the step",
+        ),
+    ]
+    return [(what, seconds * 1e3, note) for what, seconds, note in rows]
+
+
+def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
+    """Rows (model, dtype, what, milliseconds) at batch 1, 800 x 1344."""
+    rows = []
+    image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
+    info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
+    class_ids = tf.range(1, 81)
+    for head in ("vanilla", "decoupled"):
+        config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
+        for dtype, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
+            keras.mixed_precision.set_global_policy(policy)
+            try:
+                keras.utils.set_random_seed(0)
+                model = factory.build_model(config.model)
+                model(tf.zeros([1, 64, 64, 3]))
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            backbone = lambda m=model: m.backbone(image, training=False)  # noqa: E731
+            with_fpn = lambda m=model, b=backbone: m.fpn(b(), training=False)  # noqa: E731
+            whole = lambda m=model: m(image, training=False)  # noqa: E731
+
+            def detect(m=model, c=config):
+                outputs = m(image, training=False)
+                return postprocess.postprocess(outputs, info, c.model, c.postprocess, class_ids)
+
+            name = "SOLO R50" if head == "vanilla" else "Decoupled SOLO R50"
+            for what, fn in (
+                ("backbone", backbone),
+                ("backbone + FPN", with_fpn),
+                ("network (+ head)", whole),
+                ("network + post-processing", detect),
+            ):
+                ms = timed(tf.function(fn), runs) * 1e3
+                rows.append((name, dtype, what, ms))
+                print(f"{name} {dtype} {what}: {ms:.0f} ms", flush=True)
+    return rows
+
+
+def markdown(train_rows, infer_rows, runs: int) -> str:
+    lines = [
+        SECTION,
+        "",
+        "`python -m benchmarks.profile` on "
+        f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; median of {runs} calls after "
+        "2 warm-up calls. Prefix rows: a part's own cost is the difference between two rows.",
+        "",
+    ]
+    if train_rows:
+        lines += [
+            "Training, the `make demo` recipe (`experiments/shapes.flags`: Decoupled SOLO, "
+            "narrow ResNet-18, bfloat16, batch 8 at 384 x 384), per batch:",
+            "",
+            "| what | ms per batch | note |",
+            "|---|---:|---|",
+            *[f"| {what} | {ms:.0f} | {note} |" for what, ms, note in train_rows],
+            "",
+        ]
+    if infer_rows:
+        lines += [
+            "Inference, default `ModelConfig` (ResNet-50, 80 classes, random weights), batch 1, "
+            f"{INFER_SIZE[0]} x {INFER_SIZE[1]} padded input:",
+            "",
+            "| model | dtype | what | ms |",
+            "|---|---|---|---:|",
+            *[f"| {m} | {d} | {w} | {ms:.0f} |" for m, d, w, ms in infer_rows],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    runs = _RUNS.value
+    train_rows = profile_train(runs) if "train" in _PARTS.value else []
+    infer_rows = profile_inference(runs) if "inference" in _PARTS.value else []
+    section = markdown(train_rows, infer_rows, runs)
+    print(section)
+    if _WRITE_DOCS.value:
+        replace_section(DOCS, section)
+
+
+if __name__ == "__main__":
+    app.run(main)
