@@ -13,7 +13,9 @@ Prints markdown tables (the "## Profile" section of docs/benchmarks.md with ``--
 * ``inference``: the default ``ModelConfig`` (SOLO R50 and Decoupled SOLO R50, 80 classes,
   random weights) at batch 1, 800 x 1344, float32 and bfloat16 (``mixed_bfloat16``): the
   backbone, + FPN, the whole network, and network + ``postprocess`` (the exported graph
-  without the image decoding and resizing).
+  without the image decoding and resizing) computing either all S^2 mask logits of the
+  vanilla head or only the candidates' (``lazy_masks``, what the exports do; the decoupled
+  head has one form only).
 
 Each row: the median wall time of ``--runs`` calls of a ``tf.function`` after 2 warm-up calls
 (the first traces). Prefix rows: a part's own cost is the difference between two rows.
@@ -169,8 +171,8 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
             with_fpn = lambda m=model, b=backbone: m.fpn(b(), training=False)  # noqa: E731
             whole = lambda m=model: m(image, training=False)  # noqa: E731
 
-            def detect(m=model, c=config):
-                outputs = m(image, training=False)
+            def detect(m=model, c=config, lazy=True):
+                outputs = m(image, training=False, lazy_masks=lazy)
                 return postprocess.postprocess(outputs, info, c.model, c.postprocess, class_ids)
 
             name = "SOLO R50" if head == "vanilla" else "Decoupled SOLO R50"
@@ -178,7 +180,8 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
                 ("backbone", backbone),
                 ("backbone + FPN", with_fpn),
                 ("network (+ head)", whole),
-                ("network + post-processing", detect),
+                ("network + post-processing, all mask logits", lambda: detect(lazy=False)),
+                ("network + post-processing, candidates' masks only (exported)", detect),
             ):
                 ms = timed(tf.function(fn), runs) * 1e3
                 rows.append((name, dtype, what, ms))

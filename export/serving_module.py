@@ -94,9 +94,10 @@ def detect(source: ExportSource, images, image_info, output_size=None, per_image
     The network always runs on the whole batch. ``per_image=True`` post-processes one image
     at a time (``postprocess.postprocess_each_image``): the same detections, with the
     post-processing's memory of one image instead of the batch. The SavedModel signatures use
-    it; the TFLite graph (batch 1) does not need it.
+    it; the TFLite graph (batch 1) does not need it. The vanilla head computes the mask
+    logits of the candidates only (``lazy_masks``, see ``SOLOHead.lazy_mask_outputs``).
     """
-    outputs = source.model(images, training=False)
+    outputs = source.model(images, training=False, lazy_masks=True)
     class_ids = tf.constant(source.label_map.class_ids, tf.int32)
     run = postprocess.postprocess_each_image if per_image else postprocess.postprocess
     return run(

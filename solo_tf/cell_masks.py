@@ -75,11 +75,45 @@ def _gather_channels_per_image(logits, cells):
     return tf.cast(picked, tf.float64 if logits.dtype == tf.float64 else tf.float32)
 
 
+def _lazy_logits_per_image(outputs, level, cells):
+    """The vanilla head's lazy outputs (``SOLOHead.lazy_mask_outputs``) -> logits of the
+    chosen cells [B, P, Hm, Wm] (float32).
+
+    The last mask conv is 1x1: logits[..., k] = features . kernel[:, k] + bias[k]. With fewer
+    cells in the level than candidates (S^2 <= P) all channels are computed (one matmul,
+    then the gather); otherwise only the P candidates' kernel columns are gathered and
+    applied, which costs P instead of S^2 channels and never builds the [B, Hm, Wm, S^2]
+    logits.
+    """
+    features = outputs[f"mask_features_{level}"]  # [B, Hm, Wm, F]
+    kernel = outputs[f"mask_kernel_{level}"]  # [F, S^2]
+    bias = outputs[f"mask_bias_{level}"]  # [S^2]
+    shape = tf.shape(features)
+    num_cells, num_candidates = kernel.shape[-1], cells.shape[-1]
+    if num_candidates is not None and num_cells <= num_candidates:
+        flat = tf.reshape(features, tf.stack([-1, shape[3]]))  # [B * Hm * Wm, F]
+        logits = tf.matmul(flat, kernel) + bias  # [B * Hm * Wm, S^2]
+        logits = tf.reshape(logits, tf.concat([shape[:3], [num_cells]], 0))
+        return _gather_channels_per_image(logits, cells)
+    flat = tf.reshape(features, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
+    columns = tf.transpose(tf.gather(kernel, cells, axis=1), [1, 0, 2])  # [B, F, P]
+    logits = tf.matmul(flat, columns) + tf.gather(bias, cells)[:, None, :]  # [B, Hm*Wm, P]
+    logits = tf.reshape(logits, tf.stack([shape[0], shape[1], shape[2], -1]))
+    logits = tf.transpose(logits, [0, 3, 1, 2])  # [B, P, Hm, Wm]
+    return tf.cast(logits, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+
+
 def batched_cell_mask_probs(outputs, level, cells, head_type, num_grid):
     """Like ``cell_mask_probs`` for P cells of every image: cells int32 [B, P] ->
-    float32 [B, P, Hm, Wm]. Memory is linear in B, whatever is known when tracing."""
+    float32 [B, P, Hm, Wm]. Memory is linear in B, whatever is known when tracing.
+
+    For the vanilla head, ``outputs`` may hold either ``mask_logits_{l}`` or the lazy
+    outputs of ``SOLOHead.lazy_mask_outputs`` (``mask_features_{l}``, ``mask_kernel_{l}``,
+    ``mask_bias_{l}``)."""
     cells = tf.cast(cells, tf.int32)
     if head_type == "vanilla":
+        if f"mask_features_{level}" in outputs:
+            return tf.sigmoid(_lazy_logits_per_image(outputs, level, cells))
         return tf.sigmoid(_gather_channels_per_image(outputs[f"mask_logits_{level}"], cells))
     if head_type == "decoupled":
         row = cells // num_grid  # i

@@ -60,17 +60,21 @@ def load_model(model_dir: str, checkpoint: str = "best", config: cfg.SOLOConfig 
     return model
 
 
-def make_detect_fn(model, config: cfg.SOLOConfig, class_ids, output_size=None, per_image=True):
+def make_detect_fn(
+    model, config: cfg.SOLOConfig, class_ids, output_size=None, per_image=True, lazy_masks=True
+):
     """tf.function ``(images [B,H,W,3] float32, image_info [B,4,2]) -> detections``.
 
     The network runs on the batch; ``per_image`` (default) post-processes one image at a
-    time, which gives the same detections with the memory of one image."""
+    time, which gives the same detections with the memory of one image; ``lazy_masks``
+    (default) computes the vanilla head's mask logits for the candidates only. Both only
+    change the cost: ``False, False`` is the plain path the tests compare them against."""
     class_ids = tf.constant(np.asarray(class_ids, np.int32))
     run = postprocess.postprocess_each_image if per_image else postprocess.postprocess
 
     @tf.function
     def detect(images, image_info):
-        outputs = model(images, training=False)
+        outputs = model(images, training=False, lazy_masks=lazy_masks)
         return run(outputs, image_info, config.model, config.postprocess, class_ids, output_size)
 
     return detect

@@ -127,16 +127,25 @@ def postprocess_each_image(
         "detection_boxes": tf.TensorSpec([k, 4], tf.float32),
     }
 
+    # The lazy vanilla head's last-conv weights have no batch axis: shared by every image.
+    shared = {k: v for k, v in outputs.items() if k.startswith(("mask_kernel_", "mask_bias_"))}
+    per_image = {k: v for k, v in outputs.items() if k not in shared}
+
     def one(args):
         single_outputs, single_info = args
         batch_of_one = {key: value[None] for key, value in single_outputs.items()}
         dets = postprocess(
-            batch_of_one, single_info[None], model_config, post_config, class_ids, output_size
+            {**batch_of_one, **shared},
+            single_info[None],
+            model_config,
+            post_config,
+            class_ids,
+            output_size,
         )
         return {key: dets[key][0] for key in signature}
 
     return tf.map_fn(
-        one, (outputs, image_info), fn_output_signature=signature, parallel_iterations=1
+        one, (per_image, image_info), fn_output_signature=signature, parallel_iterations=1
     )
 
 
@@ -217,6 +226,8 @@ def _select(condition, new, old):
 
 def _mask_size(outputs, level, head_type) -> tf.Tensor:
     key = f"mask_logits_{level}" if head_type == "vanilla" else f"mask_x_logits_{level}"
+    if key not in outputs:  # the vanilla head's lazy outputs
+        key = f"mask_features_{level}"
     return tf.shape(outputs[key])[1:3]
 
 

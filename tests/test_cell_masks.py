@@ -107,3 +107,42 @@ def test_converts_to_tflite_builtins(head_type):
     lite = interpreter.get_signature_runner()(**outputs, b=PAIRS[0], k=PAIRS[1])["probs"]
     expected = cell_mask_probs(outputs, 1, *PAIRS, head_type, S).numpy()
     np.testing.assert_allclose(lite, expected, rtol=1e-5, atol=1e-6)
+
+
+def _lazy_outputs(seed=0, channels=6):
+    """The vanilla head's lazy outputs for level 1, and the logits they stand for."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(B, HM, WM, channels)).astype(np.float32)
+    kernel = rng.normal(size=(channels, S * S)).astype(np.float32)
+    bias = rng.normal(size=(S * S,)).astype(np.float32)
+    lazy = {"mask_features_1": features, "mask_kernel_1": kernel, "mask_bias_1": bias}
+    logits = np.einsum("bhwf,fk->bhwk", features, kernel) + bias
+    return lazy, logits
+
+
+@pytest.mark.parametrize("num_candidates", [4, 9, 12])  # fewer than S^2 (gather), equal, more
+def test_lazy_vanilla_equals_the_full_logits(num_candidates):
+    lazy, logits = _lazy_outputs()
+    cells = np.random.default_rng(1).integers(0, S * S, (B, num_candidates)).astype(np.int32)
+    got = cell_masks.batched_cell_mask_probs(lazy, 1, cells, "vanilla", S).numpy()
+    assert got.shape == (B, num_candidates, HM, WM)
+    for b in range(B):
+        for p, k in enumerate(cells[b]):
+            np.testing.assert_allclose(got[b, p], _sigmoid(logits[b, :, :, k]), atol=1e-6)
+
+
+def test_lazy_vanilla_in_graph_with_unknown_batch():
+    lazy, logits = _lazy_outputs(seed=3)
+    cells = np.array([[8, 0, 3, 3], [1, 2, 7, 6]], np.int32)
+    spec = {
+        "mask_features_1": tf.TensorSpec([None, HM, WM, 6], tf.float32),
+        "mask_kernel_1": tf.TensorSpec([6, S * S], tf.float32),
+        "mask_bias_1": tf.TensorSpec([S * S], tf.float32),
+    }
+    fn = tf.function(
+        lambda outputs, cells: cell_masks.batched_cell_mask_probs(outputs, 1, cells, "vanilla", S),
+        input_signature=[spec, tf.TensorSpec([None, 4], tf.int32)],
+    )
+    got = fn(lazy, cells).numpy()
+    want = _sigmoid(np.take_along_axis(logits, cells[:, None, None, :], axis=3))
+    np.testing.assert_allclose(got, np.transpose(want, [0, 3, 1, 2]), atol=1e-6)

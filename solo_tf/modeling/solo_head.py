@@ -199,11 +199,19 @@ class SOLOHeadBase(keras.layers.Layer):
         """[B, h, w, F] -> {output name: [B, 2h, 2w, *]}; implemented by each head."""
         raise NotImplementedError
 
-    def call(self, features):
+    def lazy_mask_outputs(self, level: int, x) -> dict:
+        """What inference needs to compute the masks of chosen cells only (``lazy_masks``).
+
+        The default is the mask logits themselves; the vanilla head overrides it."""
+        return self.mask_logits(level, x)
+
+    def call(self, features, lazy_masks: bool = False):
+        """``lazy_masks=True`` (inference): ``lazy_mask_outputs`` instead of the mask logits."""
         outputs = {}
         for level, x in enumerate(self.level_features(features)):
             outputs[f"cate_logits_{level}"] = self.category_logits(x, self.num_grids[level])
-            outputs.update(self.mask_logits(level, x))
+            masks = self.lazy_mask_outputs if lazy_masks else self.mask_logits
+            outputs.update(masks(level, x))
         return outputs
 
     def get_config(self):
@@ -250,8 +258,29 @@ class SOLOHead(SOLOHeadBase):
         for conv in self.mask_convs:
             conv.build((None, None, None, self.head_channels))
 
-    def mask_logits(self, level: int, x) -> dict:
+    def mask_features(self, x):
+        """[B, h, w, F] FPN level -> [B, Hm, Wm, F]: the input of the last (1x1) mask conv."""
         if self.coord_conv:
             x = tf.concat([x, coordinate_channels(x, "xy")], axis=-1)  # [B, h, w, F + 2]
-        x = upsample2x(self.mask_tower(x))  # [B, Hm, Wm, F]
-        return {f"mask_logits_{level}": self.mask_convs[level](x)}  # [B, Hm, Wm, S^2]
+        return upsample2x(self.mask_tower(x))
+
+    def mask_logits(self, level: int, x) -> dict:
+        return {f"mask_logits_{level}": self.mask_convs[level](self.mask_features(x))}
+
+    def lazy_mask_outputs(self, level: int, x) -> dict:
+        """``mask_features_{l}`` [B, Hm, Wm, F] and the last conv's ``mask_kernel_{l}``
+        [F, S^2] and ``mask_bias_{l}`` [S^2] (no batch axis), in the features' dtype.
+
+        The last mask conv is 1x1, so channel k of the logits is features . kernel[:, k] +
+        bias[k]: inference computes only the channels of its candidates
+        (``solo_tf.cell_masks``) instead of all S^2 (1600 at level 0 for the default grids,
+        a [B, 200, 336, 1600] tensor at 800 x 1344).
+        """
+        features = self.mask_features(x)
+        conv = self.mask_convs[level]
+        kernel = keras.ops.convert_to_tensor(conv.kernel)[0, 0]  # [F, S^2]
+        return {
+            f"mask_features_{level}": features,
+            f"mask_kernel_{level}": tf.cast(kernel, features.dtype),
+            f"mask_bias_{level}": tf.cast(keras.ops.convert_to_tensor(conv.bias), features.dtype),
+        }

@@ -27,11 +27,15 @@ class SOLOModel(keras.Model):
         self.fpn = fpn
         self.head = head
 
-    def call(self, images, training=None):
+    def call(self, images, training=None, lazy_masks=False):
+        """``lazy_masks=True`` (inference only): the vanilla head returns its mask features
+        and last-conv weights instead of all S^2 mask logits (``SOLOHead.lazy_mask_outputs``);
+        ``solo_tf.postprocess`` accepts either form."""
         if isinstance(images, dict):  # the pipeline's model-input dict
             images = images["image"]
         features = self.backbone(images, training=training)
-        return self.head(self.fpn(features, training=training), training=training)
+        features = self.fpn(features, training=training)
+        return self.head(features, training=training, lazy_masks=lazy_masks)
 
     def get_config(self):
         return {

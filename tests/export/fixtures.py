@@ -121,9 +121,12 @@ def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
 
 def keras_detector(model, config: cfg.SOLOConfig):
     """``detect(image uint8 [H0, W0, 3]) -> one-image numpy detections`` through
-    ``preprocess_for_eval`` and ``inference.make_detect_fn`` with the batched post-processing
-    (evaluation post-processes image by image, which gives the same detections)."""
-    detect = inference.make_detect_fn(model, config, LABEL_MAP.class_ids, per_image=False)
+    ``preprocess_for_eval`` and ``inference.make_detect_fn`` on the plain path: all mask
+    logits, batched post-processing (evaluation and the exports compute only the candidates'
+    masks and post-process image by image, which must give the same detections)."""
+    detect = inference.make_detect_fn(
+        model, config, LABEL_MAP.class_ids, per_image=False, lazy_masks=False
+    )
 
     def run(image):
         inputs = preprocess_for_eval({"image": image, "image_id": 0}, config.data)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from export import saved_model, serving_module
-from solo_tf import exported
+from solo_tf import exported, inference
 from tests.export import fixtures
 
 
@@ -107,3 +107,29 @@ def test_bfloat16_saved_model_matches_the_float32_model(
 def test_unknown_compute_dtype_is_refused(model_dir):
     with pytest.raises(ValueError, match="compute_dtype"):
         serving_module.ExportSource.from_model_dir(model_dir, "latest", "float16")
+
+
+def test_lazy_mask_outputs_reproduce_the_mask_logits(source, images):
+    padded, _ = _padded_batch(images, source.config)
+    full = source.model(padded, training=False)
+    lazy = source.model(padded, training=False, lazy_masks=True)
+    for level in range(len(fixtures.GRIDS)):
+        assert f"mask_logits_{level}" not in lazy
+        features = lazy[f"mask_features_{level}"].numpy()
+        kernel, bias = lazy[f"mask_kernel_{level}"].numpy(), lazy[f"mask_bias_{level}"].numpy()
+        want = full[f"mask_logits_{level}"].numpy()
+        got = np.einsum("bhwf,fk->bhwk", features, kernel) + bias
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+        np.testing.assert_array_equal(lazy[f"cate_logits_{level}"], full[f"cate_logits_{level}"])
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lazy_detections_equal_the_plain_path(source, images, per_image):
+    config, ids = source.config, fixtures.LABEL_MAP.class_ids
+    plain = inference.make_detect_fn(source.model, config, ids, per_image=False, lazy_masks=False)
+    lazy = inference.make_detect_fn(source.model, config, ids, per_image=per_image)
+    padded, info = _padded_batch(images, config)
+    want, got = plain(padded, info), lazy(padded, info)
+    assert int(tf.reduce_sum(want["num_detections"])) > 0
+    for b in range(3):
+        fixtures.assert_same_detections(fixtures.one_image(got, b), fixtures.one_image(want, b))
