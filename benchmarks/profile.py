@@ -44,8 +44,12 @@ from solo_tf import flags as solo_flags  # noqa: E402
 from solo_tf.data import inputs, shapes  # noqa: E402
 from solo_tf.modeling import factory  # noqa: E402
 
-_PARTS = flags.DEFINE_list("parts", ["train", "inference"], "train and/or inference.")
+_PARTS = flags.DEFINE_list(
+    "parts", ["train", "inference", "postprocess"], "train, inference and/or postprocess."
+)
 _RUNS = flags.DEFINE_integer("runs", 5, "Timed calls per row (median reported).")
+_HEADS = flags.DEFINE_list("heads", ["vanilla", "decoupled"], "Inference: head types.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Inference: compute dtypes.")
 _WRITE_DOCS = flags.DEFINE_bool("write_docs", False, "Replace the docs/benchmarks.md section.")
 
 SECTION = "## Profile"
@@ -157,9 +161,11 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
     class_ids = tf.range(1, 81)
-    for head in ("vanilla", "decoupled"):
+    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    for head in _HEADS.value:
         config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
-        for dtype, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
+        for dtype in _DTYPES.value:
+            policy = policies[dtype]
             keras.mixed_precision.set_global_policy(policy)
             try:
                 keras.utils.set_random_seed(0)
@@ -167,9 +173,12 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
                 model(tf.zeros([1, 64, 64, 3]))
             finally:
                 keras.mixed_precision.set_global_policy("float32")
+            # Network rows return a sum of their outputs: fetching the vanilla head's
+            # [1, 200, 336, 1600] logits to the host would cost more than computing them.
             backbone = lambda m=model: m.backbone(image, training=False)  # noqa: E731
             with_fpn = lambda m=model, b=backbone: m.fpn(b(), training=False)  # noqa: E731
-            whole = lambda m=model: m(image, training=False)  # noqa: E731
+            whole = lambda m=model: _sum(m(image, training=False))  # noqa: E731
+            whole_lazy = lambda m=model: _sum(m(image, training=False, lazy_masks=True))  # noqa: E731
 
             def detect(m=model, c=config, lazy=True):
                 outputs = m(image, training=False, lazy_masks=lazy)
@@ -177,9 +186,10 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
 
             name = "SOLO R50" if head == "vanilla" else "Decoupled SOLO R50"
             for what, fn in (
-                ("backbone", backbone),
-                ("backbone + FPN", with_fpn),
-                ("network (+ head)", whole),
+                ("backbone", lambda b=backbone: _sum(b())),
+                ("backbone + FPN", lambda f=with_fpn: _sum(f())),
+                ("network (+ head), all mask logits", whole),
+                ("network (+ head), lazy mask outputs", whole_lazy),
                 ("network + post-processing, all mask logits", lambda: detect(lazy=False)),
                 ("network + post-processing, candidates' masks only (exported)", detect),
             ):
@@ -189,7 +199,58 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
     return rows
 
 
-def markdown(train_rows, infer_rows, runs: int) -> str:
+def profile_postprocess(runs: int) -> list[tuple[str, float]]:
+    """Rows (stage, milliseconds) of ``postprocess`` on SOLO R50 bfloat16 lazy outputs at
+    batch 1, 800 x 1344 (an 800 x 1333 image), stage by stage (its private steps)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        config = cfg.SOLOConfig()
+        model = factory.build_model(config.model)
+        model(tf.zeros([1, 64, 64, 3]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
+    outputs = tf.function(lambda: model(image, training=False, lazy_masks=True))()
+    info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
+    mc, pc = config.model, config.postprocess
+    cands = postprocess._select_candidates(outputs, mc, pc)
+    probs = postprocess._candidate_mask_probs(outputs, cands, mc)
+    rescored, binary = postprocess._rescore(probs, cands, mc, pc)
+    dets = postprocess._suppress(probs, binary, rescored, pc)
+    masks = postprocess._masks_to_original(dets["probs"], info, 4, None, pc.mask_threshold)
+    stages = (
+        (
+            "candidates (point NMS, top 500)",
+            lambda: postprocess._select_candidates(outputs, mc, pc),
+        ),
+        (
+            "candidate masks [500, 200, 336]",
+            lambda: postprocess._candidate_mask_probs(outputs, cands, mc),
+        ),
+        ("binarise, areas, maskness", lambda: postprocess._rescore(probs, cands, mc, pc)),
+        (
+            "sort, Matrix NMS, top 100",
+            lambda: postprocess._suppress(probs, binary, rescored, pc)["scores"],
+        ),
+        (
+            "100 masks to 800 x 1333",
+            lambda: postprocess._masks_to_original(dets["probs"], info, 4, None, pc.mask_threshold),
+        ),
+        ("boxes from the masks", lambda: postprocess._boxes_from_masks(masks)),
+        (
+            "whole postprocess",
+            lambda: postprocess.postprocess(outputs, info, mc, pc, tf.range(1, 81))[
+                "num_detections"
+            ],
+        ),
+    )
+    # Each stage returns the sum of its outputs: nothing is pruned from the graph and no large
+    # tensor is copied to the host (the sum itself reads the outputs once).
+    return [(name, timed(tf.function(lambda f=fn: _sum(f())), runs) * 1e3) for name, fn in stages]
+
+
+def markdown(train_rows, infer_rows, runs: int, post_rows=()) -> str:
     lines = [
         SECTION,
         "",
@@ -218,6 +279,16 @@ def markdown(train_rows, infer_rows, runs: int) -> str:
             *[f"| {m} | {d} | {w} | {ms:.0f} |" for m, d, w, ms in infer_rows],
             "",
         ]
+    if post_rows:
+        lines += [
+            "Post-processing stage by stage, SOLO R50 bfloat16 (lazy mask outputs), batch 1, "
+            "800 x 1333 image:",
+            "",
+            "| stage | ms |",
+            "|---|---:|",
+            *[f"| {name} | {ms:.0f} |" for name, ms in post_rows],
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -226,7 +297,8 @@ def main(argv):
     runs = _RUNS.value
     train_rows = profile_train(runs) if "train" in _PARTS.value else []
     infer_rows = profile_inference(runs) if "inference" in _PARTS.value else []
-    section = markdown(train_rows, infer_rows, runs)
+    post_rows = profile_postprocess(runs) if "postprocess" in _PARTS.value else []
+    section = markdown(train_rows, infer_rows, runs, post_rows)
     print(section)
     if _WRITE_DOCS.value:
         replace_section(DOCS, section)
