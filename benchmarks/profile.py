@@ -161,18 +161,12 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
     class_ids = tf.range(1, 81)
-    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
     for head in _HEADS.value:
         config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
         for dtype in _DTYPES.value:
-            policy = policies[dtype]
-            keras.mixed_precision.set_global_policy(policy)
-            try:
-                keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(0)
+            with factory.compute_dtype_scope(dtype):
                 model = factory.build_model(config.model)
-                model(tf.zeros([1, 64, 64, 3]))
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
             # Network rows return a sum of their outputs: fetching the vanilla head's
             # [1, 200, 336, 1600] logits to the host would cost more than computing them.
             backbone = lambda m=model: m.backbone(image, training=False)  # noqa: E731
@@ -202,14 +196,10 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
 def profile_postprocess(runs: int) -> list[tuple[str, float]]:
     """Rows (stage, milliseconds) of ``postprocess`` on SOLO R50 bfloat16 lazy outputs at
     batch 1, 800 x 1344 (an 800 x 1333 image), stage by stage (its private steps)."""
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        keras.utils.set_random_seed(0)
-        config = cfg.SOLOConfig()
+    keras.utils.set_random_seed(0)
+    config = cfg.SOLOConfig()
+    with factory.compute_dtype_scope("bfloat16"):
         model = factory.build_model(config.model)
-        model(tf.zeros([1, 64, 64, 3]))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     outputs = tf.function(lambda: model(image, training=False, lazy_masks=True))()
     info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)

@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from export import serving_module
+from solo_tf.modeling import factory
 
 ASSET_FILES = ("label_map.json", "config.json")
 
@@ -126,7 +127,7 @@ if __name__ == "__main__":
     flags.DEFINE_enum(
         "compute_dtype",
         "float32",
-        list(serving_module.COMPUTE_POLICIES),
+        list(factory.COMPUTE_POLICIES),
         "Network arithmetic: float32, or bfloat16 (float32 weights, bfloat16 convolutions; "
         "~1.4x faster end to end on CPUs with AMX). Post-processing is float32 either way.",
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -30,6 +29,7 @@ from solo_tf import config as cfg
 from solo_tf import inference, postprocess
 from solo_tf.data.augment import resize_and_pad, scaled_size
 from solo_tf.data.label_map import LabelMap
+from solo_tf.modeling import factory
 
 DETECTION_KEYS = (
     "num_detections",
@@ -38,9 +38,6 @@ DETECTION_KEYS = (
     "detection_masks",
     "detection_boxes",
 )
-
-# --compute_dtype -> the Keras dtype policy the network is built under.
-COMPUTE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 # Magic numbers of the formats tf.io.decode_image reads.
 _IMAGE_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG", "GIF": b"GIF8", "BMP": b"BM"}
@@ -62,10 +59,6 @@ class ExportSource:
         Keras' ``mixed_bfloat16`` policy: float32 weights (the same checkpoint), bfloat16
         convolutions and activations (fast on CPUs with AMX and on GPUs/TPUs); the
         post-processing casts the logits to float32 and runs in float32 either way."""
-        if compute_dtype not in COMPUTE_POLICIES:
-            raise ValueError(
-                f"compute_dtype must be one of {sorted(COMPUTE_POLICIES)}, got {compute_dtype!r}"
-            )
         config = inference.load_config(model_dir)
         label_map = inference.load_label_map(model_dir)
         if label_map.num_classes != config.model.num_classes:
@@ -73,12 +66,8 @@ class ExportSource:
                 f"{model_dir}: label_map.json has {label_map.num_classes} categories but the "
                 f"model predicts {config.model.num_classes} classes"
             )
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(COMPUTE_POLICIES[compute_dtype])
-        try:
+        with factory.compute_dtype_scope(compute_dtype):
             model = inference.load_model(model_dir, checkpoint, config)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
         return cls(model=model, config=config, label_map=label_map)
 
     def config_json(self) -> str:

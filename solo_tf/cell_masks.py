@@ -37,7 +37,7 @@ def _gather_channels(logits, batch_index, channel_index):
         picked = tf.transpose(picked, [3, 0, 1, 2])  # [P, B, Hm, Wm]
         rows = tf.range(tf.shape(channel_index)[0], dtype=channel_index.dtype)
         picked = tf.gather_nd(picked, tf.stack([rows, batch_index], axis=1))  # [P, Hm, Wm]
-    return tf.cast(picked, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+    return _as_float(picked)
 
 
 def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid):
@@ -71,8 +71,12 @@ def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid
 def _gather_channels_per_image(logits, cells):
     """logits [B, Hm, Wm, K], cells [B, P] -> [B, P, Hm, Wm]: each image's own channels."""
     picked = tf.gather(logits, cells, axis=3, batch_dims=1)  # [B, Hm, Wm, P]
-    picked = tf.transpose(picked, [0, 3, 1, 2])
-    return tf.cast(picked, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+    return _as_float(tf.transpose(picked, [0, 3, 1, 2]))
+
+
+def _as_float(logits):
+    """float32 (float64 stays float64, for gradient checks)."""
+    return tf.cast(logits, tf.float64 if logits.dtype == tf.float64 else tf.float32)
 
 
 def _lazy_logits_per_image(outputs, level, cells):
@@ -99,8 +103,7 @@ def _lazy_logits_per_image(outputs, level, cells):
     columns = tf.transpose(tf.gather(kernel, cells, axis=1), [1, 0, 2])  # [B, F, P]
     logits = tf.matmul(flat, columns) + tf.gather(bias, cells)[:, None, :]  # [B, Hm*Wm, P]
     logits = tf.reshape(logits, tf.stack([shape[0], shape[1], shape[2], -1]))
-    logits = tf.transpose(logits, [0, 3, 1, 2])  # [B, P, Hm, Wm]
-    return tf.cast(logits, tf.float64 if logits.dtype == tf.float64 else tf.float32)
+    return _as_float(tf.transpose(logits, [0, 3, 1, 2]))  # [B, P, Hm, Wm]
 
 
 def batched_cell_mask_probs(outputs, level, cells, head_type, num_grid):

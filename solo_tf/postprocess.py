@@ -118,13 +118,13 @@ def postprocess_each_image(
     if output_size is None:
         original = tf.cast(tf.round(tf.cast(image_info, tf.float32)[:, 0]), tf.int32)
         output_size = (tf.reduce_max(original[:, 0]), tf.reduce_max(original[:, 1]))
-    k = post_config.max_detections
+    num_kept = post_config.max_detections
     signature = {
         "num_detections": tf.TensorSpec([], tf.int32),
-        "detection_scores": tf.TensorSpec([k], tf.float32),
-        "detection_classes": tf.TensorSpec([k], tf.int32),
-        "detection_masks": tf.TensorSpec([k, None, None], tf.uint8),
-        "detection_boxes": tf.TensorSpec([k, 4], tf.float32),
+        "detection_scores": tf.TensorSpec([num_kept], tf.float32),
+        "detection_classes": tf.TensorSpec([num_kept], tf.int32),
+        "detection_masks": tf.TensorSpec([num_kept, None, None], tf.uint8),
+        "detection_boxes": tf.TensorSpec([num_kept, 4], tf.float32),
     }
 
     # The lazy vanilla head's last-conv weights have no batch axis: shared by every image.

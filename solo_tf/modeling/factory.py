@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import keras
 import numpy as np
 
 from solo_tf.config import ModelConfig
@@ -12,6 +15,24 @@ from solo_tf.modeling.solo_head import SOLOHead
 from solo_tf.modeling.solo_model import SOLOModel
 
 HEADS = {"vanilla": SOLOHead, "decoupled": DecoupledSOLOHead}
+# Compute dtype (``export.saved_model --compute_dtype``) -> the Keras dtype policy.
+COMPUTE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+@contextlib.contextmanager
+def compute_dtype_scope(compute_dtype: str):
+    """Models built inside compute in ``compute_dtype`` (bfloat16: float32 weights, bfloat16
+    convolutions and activations); the global Keras policy is restored on the way out."""
+    if compute_dtype not in COMPUTE_POLICIES:
+        raise ValueError(
+            f"compute_dtype must be one of {sorted(COMPUTE_POLICIES)}, got {compute_dtype!r}"
+        )
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(COMPUTE_POLICIES[compute_dtype])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
