@@ -110,21 +110,17 @@ def write_model_dir(model_dir: str, head: str) -> None:
     """config.json, an 80-class label map and a random-weight checkpoint of SOLO R50 ``head``."""
     import tensorflow as tf  # noqa: PLC0415
 
-    from solo_tf import config as cfg  # noqa: PLC0415
+    from solo_tf import model_dir as model_dir_lib  # noqa: PLC0415
     from solo_tf.data.label_map import LabelMap  # noqa: PLC0415
     from solo_tf.modeling import factory  # noqa: PLC0415
 
     tf.keras.utils.set_random_seed(0)
     config = solo_config(head)
     model = factory.build_model(config.model)
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(config), f, indent=1)
     ids = tuple(range(1, config.model.num_classes + 1))
-    LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids)).to_json(
-        os.path.join(model_dir, "label_map.json")
-    )
-    tf.train.Checkpoint(model=model).save(os.path.join(model_dir, "ckpt"))
+    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
+    model_dir_lib.write_metadata(model_dir, config, label_map)
+    model_dir_lib.save_model(model, model_dir)
 
 
 def export_solo(model_dir: str, export_dir: str, image_size, compute_dtype="float32") -> dict:
@@ -136,8 +132,9 @@ def export_solo(model_dir: str, export_dir: str, image_size, compute_dtype="floa
 
     from benchmarks import flops  # noqa: PLC0415
     from export import saved_model, serving_module  # noqa: PLC0415
+    from solo_tf.detector import Detector  # noqa: PLC0415
 
-    source = serving_module.ExportSource.from_model_dir(model_dir, "latest", compute_dtype)
+    source = Detector.from_model_dir(model_dir, "latest", compute_dtype)
     source = dataclasses.replace(source, config=with_input_size(source.config, image_size))
     saved_model.export_saved_model(source, export_dir)
     spec = tf.TensorSpec([1, *image_size, 3], tf.uint8)

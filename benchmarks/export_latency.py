@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.docs_section import replace_section  # noqa: E402
 from solo_tf import exported  # noqa: E402
+from solo_tf import images as images_lib
 
 SECTION = "## Exported models"
 DOC = os.path.join(
@@ -50,7 +51,7 @@ def make_runners(args, image):
         size = predictor.input_size
         if tuple(size) != image.shape[:2]:
             raise SystemExit(f"{path} takes {size}, not {image.shape[:2]}: export it at --size")
-        pixels = exported.to_input_dtype(image.astype(np.float32), predictor.input_dtype)
+        pixels = images_lib.to_input_dtype(image.astype(np.float32), predictor.input_dtype)
         runners[f"TFLite {os.path.basename(path)}"] = (
             lambda p=predictor, x=pixels[None]: p.run(x),
             dir_size(path),

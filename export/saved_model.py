@@ -28,22 +28,23 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from export import serving_module
+from solo_tf.detector import Detector
 from solo_tf.modeling import factory
 
 ASSET_FILES = ("label_map.json", "config.json")
 
 
-def build_archive(source: serving_module.ExportSource, asset_dir: str):
+def build_archive(detector: Detector, asset_dir: str):
     """An ``ExportArchive`` with the three serving endpoints and the two JSON assets.
 
     ``asset_dir`` must hold the asset files until ``write_out`` has copied them.
     """
     archive = keras.export.ExportArchive()
-    archive.track(source.model)
+    archive.track(detector.model)
     specs = serving_module.signature_specs()
-    for name, fn in serving_module.serving_functions(source).items():
+    for name, fn in serving_module.serving_functions(detector).items():
         archive.add_endpoint(name, fn, input_signature=specs[name])
-    contents = {"label_map.json": source.label_map_json(), "config.json": source.config_json()}
+    contents = {"label_map.json": detector.label_map_json(), "config.json": detector.config_json()}
     assets = {}
     for name in ASSET_FILES:
         path = os.path.join(asset_dir, name)
@@ -57,14 +58,14 @@ def build_archive(source: serving_module.ExportSource, asset_dir: str):
     return archive
 
 
-def export_saved_model(source: serving_module.ExportSource, export_dir: str) -> str:
-    """Writes the SavedModel of ``source`` into ``export_dir`` (a version folder)."""
+def export_saved_model(detector: Detector, export_dir: str) -> str:
+    """Writes the SavedModel of ``detector`` into ``export_dir`` (a version folder)."""
     if tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileExistsError(f"{export_dir} already holds a SavedModel: pick another version")
     with tempfile.TemporaryDirectory() as asset_dir:
-        archive = build_archive(source, asset_dir)
+        archive = build_archive(detector, asset_dir)
         archive.write_out(export_dir, verbose=False)
-    check_export(export_dir, source.model)
+    check_export(export_dir, detector.model)
     logging.info("SavedModel written to %s", export_dir)
     return export_dir
 
@@ -101,8 +102,8 @@ def export_from_model_dir(
     compute_dtype: str = "float32",
 ) -> str:
     """Restores ``model_dir``'s checkpoint and writes ``output_dir/model_name/version``."""
-    source = serving_module.ExportSource.from_model_dir(model_dir, checkpoint, compute_dtype)
-    return export_saved_model(source, os.path.join(output_dir, model_name, str(version)))
+    detector = Detector.from_model_dir(model_dir, checkpoint, compute_dtype)
+    return export_saved_model(detector, os.path.join(output_dir, model_name, str(version)))
 
 
 def main(argv):

@@ -31,7 +31,8 @@ from tensorflow.lite.python import convert as lite_convert
 
 from export import serving_module
 from solo_tf import config as cfg
-from solo_tf import exported
+from solo_tf import exported, images
+from solo_tf.detector import Detector
 
 QUANTIZATIONS = {
     "none": "model_fp32.tflite",
@@ -50,30 +51,27 @@ OUTPUT_MEANINGS = {
     "detection_boxes": "float32 [1, K, 4]: ymin, xmin, ymax, xmax in input pixels, max "
     "exclusive, from the masks",
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
-def write_float_saved_model(source, image_size, input_type: str, path: str) -> None:
+def write_float_saved_model(detector, image_size, input_type: str, path: str) -> None:
     """The fixed-shape TFLite graph as a SavedModel (one ``serving_default`` signature)."""
     archive = keras.export.ExportArchive()
-    archive.track(source.model)
+    archive.track(detector.model)
     spec = tf.TensorSpec([1, *image_size, 3], INPUT_TYPES[input_type], name="image")
-    archive.add_endpoint(SIGNATURE, serving_module.tflite_fn(source, image_size), [spec])
+    archive.add_endpoint(SIGNATURE, serving_module.tflite_fn(detector, image_size), [spec])
     archive.write_out(path, verbose=False)
 
 
 def calibration_images(folder: str, image_size, input_type: str, count: int) -> list:
     """Up to ``count`` images of ``folder``, letterboxed like an app does, [1, H, W, 3]."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
+    paths = images.list_images(folder) if os.path.isdir(folder) else []
+    if not paths:
         raise FileNotFoundError(f"--calibration_images {folder!r} holds no image")
-    images = []
-    for name in names[:count]:
-        with open(os.path.join(folder, name), "rb") as f:
-            image = exported.decode_image(f.read())
-        padded, _ = exported.letterbox(image, image_size, input_type)
-        images.append(padded[None])
-    return images
+    batches = []
+    for path in paths[:count]:
+        padded, _ = images.letterbox(images.read_image(path), image_size, input_type)
+        batches.append(padded[None])
+    return batches
 
 
 def convert(saved_model_dir: str, quantization: str, calibration=None) -> bytes:
@@ -146,7 +144,7 @@ def check_outputs(path: str, probe: np.ndarray, reference: dict | None) -> dict:
     return outputs
 
 
-def model_info(source, image_size, input_type: str, files: dict, ops: dict, path: str) -> dict:
+def model_info(detector, image_size, input_type: str, files: dict, ops: dict, path: str) -> dict:
     """The ``model_info.json`` contents; tensor details read from the float32 file ``path``."""
     details = exported.tflite_signature_details(path)
     height, width = image_size
@@ -166,7 +164,7 @@ def model_info(source, image_size, input_type: str, files: dict, ops: dict, path
             {**details["outputs"][name], "meaning": OUTPUT_MEANINGS[name]}
             for name in serving_module.DETECTION_KEYS
         ],
-        "labels": source.label_map.to_dict()["categories"],
+        "labels": detector.label_map.to_dict()["categories"],
         "preprocessing": {
             "input_size": [height, width],
             "input_dtype": input_type,
@@ -177,12 +175,12 @@ def model_info(source, image_size, input_type: str, files: dict, ops: dict, path
         },
         "postprocessing": "outputs are in input pixels: keep mask rows < round(h0 * scale) "
         "and columns < round(w0 * scale), resize them to h0 x w0; divide boxes by scale",
-        "postprocess_config": cfg.to_dict(source.config.postprocess),
+        "postprocess_config": cfg.to_dict(detector.config.postprocess),
     }
 
 
 def export_tflite(
-    source,
+    detector,
     output_dir: str,
     image_size: tuple[int, int],
     input_type: str = "uint8",
@@ -210,8 +208,8 @@ def export_tflite(
     os.makedirs(output_dir, exist_ok=True)
     files, ops = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        write_float_saved_model(source, image_size, input_type, tmp)
-        reference = _keras_reference(source, probe, image_size)
+        write_float_saved_model(detector, image_size, input_type, tmp)
+        reference = _keras_reference(detector, probe, image_size)
         for quantization in quantizations:
             path = os.path.join(output_dir, QUANTIZATIONS[quantization])
             with open(path, "wb") as f:
@@ -221,7 +219,7 @@ def export_tflite(
             files[quantization] = QUANTIZATIONS[quantization]
             logging.info("%s: %d bytes, operators %s", path, os.path.getsize(path), ops)
     details_from = os.path.join(output_dir, files[quantizations[0]])
-    info = model_info(source, image_size, input_type, files, ops, details_from)
+    info = model_info(detector, image_size, input_type, files, ops, details_from)
     with open(os.path.join(output_dir, "model_info.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info
@@ -231,8 +229,8 @@ def _gray_probe(image_size, input_type: str) -> np.ndarray:
     return np.full([1, *image_size, 3], 128, np.dtype(input_type))
 
 
-def _keras_reference(source, probe, image_size) -> dict:
-    fn = serving_module.tflite_fn(source, image_size)
+def _keras_reference(detector, probe, image_size) -> dict:
+    fn = serving_module.tflite_fn(detector, image_size)
     return serving_module.as_numpy(fn(tf.constant(probe)))
 
 
@@ -247,10 +245,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv):
     del argv
-    source = serving_module.ExportSource.from_model_dir(FLAGS.model_dir, FLAGS.checkpoint)
-    size = parse_size(FLAGS.image_size) if FLAGS.image_size else source.config.data.output_size
+    detector = Detector.from_model_dir(FLAGS.model_dir, FLAGS.checkpoint)
+    size = parse_size(FLAGS.image_size) if FLAGS.image_size else detector.config.data.output_size
     info = export_tflite(
-        source,
+        detector,
         FLAGS.output_dir,
         tuple(size),
         FLAGS.input_type,

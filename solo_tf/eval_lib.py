@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -19,6 +20,12 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm.auto import tqdm
+
+from solo_tf import exported, visualize
+from solo_tf.data import inputs
+from solo_tf.data.coco import CocoReader
+from solo_tf.detector import Detector
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
 
@@ -154,17 +161,38 @@ def _to_python(value):
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def evaluate_model(
-    model, config, batch_size: int = 8, per_category=False, max_images=0, progress=True
+def detect_dataset(detect_fn, dataset, num_images=None, progress=True):
+    """Runs ``detect_fn(images, image_info)`` over eval batches.
+
+    Returns (COCO results, the image ids seen, images per second after the first batch, or
+    None when there was no second batch)."""
+    results, image_ids, timed, seconds = [], [], 0, 0.0
+    with tqdm(total=num_images, unit="img", disable=not progress, desc="detect") as bar:
+        for batch in dataset:
+            start = time.perf_counter()
+            dets = {k: v.numpy() for k, v in detect_fn(batch["image"], batch["image_info"]).items()}
+            if image_ids:  # the first batch pays for tracing
+                seconds += time.perf_counter() - start
+                timed += int(batch["image"].shape[0])
+            ids = batch["image_id"].numpy()
+            sizes = batch["image_info"].numpy()[:, 0]
+            results += detections_to_coco_results(dets, ids, sizes)
+            image_ids += [int(i) for i in ids]
+            bar.update(len(ids))
+    return results, image_ids, (timed / seconds) if seconds > 0 else None
+
+
+def evaluate_detector(
+    detector: Detector, batch_size: int = 8, per_category=False, max_images=0, progress=True
 ) -> dict:
-    """Mask AP of a Keras SOLO model on ``config.data``'s validation split.
+    """Mask AP of a ``Detector`` on its config's validation split (``config.data``).
 
+    Only the images that were read count: under ``bad_sample_policy=skip`` an unreadable
+    image is left out of the score (and of ``num_images``), not scored as missed.
     Returns the metrics plus ``images_per_s`` (model + post-processing, after the first
-    batch) and ``detections`` (the COCO results list).
+    batch; None with a single batch), ``num_images`` and ``detections`` (COCO results).
     """
-    from solo_tf import inference  # noqa: PLC0415 - inference imports this module
-    from solo_tf.data import inputs  # noqa: PLC0415
-
+    config = detector.config
     source = inputs.open_source(config.data, "val")
     if not source.annotation_file:
         raise ValueError("COCO evaluation needs --val_annotations (the ground-truth JSON)")
@@ -173,12 +201,25 @@ def evaluate_model(
     if max_images:
         count = min(count, max_images)
         dataset = dataset.unbatch().take(max_images).batch(batch_size)
-    detect = inference.make_detect_fn(model, config, source.label_map.class_ids)
-    results, images_per_s = inference.detect_dataset(detect, dataset, count, progress)
-    image_ids = source.reader.image_ids[:count] if source.reader is not None else None
-    metrics = evaluate_coco(source.annotation_file, results, per_category, image_ids=image_ids)
+    detect = detector.detect_fn()
+    results, image_ids, images_per_s = detect_dataset(detect, dataset, count, progress)
+    return _scored(source.annotation_file, results, image_ids, count, per_category, images_per_s)
+
+
+def _scored(annotations, results, image_ids, expected, per_category, images_per_s) -> dict:
+    """``evaluate_coco`` on the images read, with the counts and speed."""
+    if not image_ids:
+        raise ValueError(f"no image of {annotations} could be read: nothing to evaluate")
+    if len(image_ids) < expected:
+        logging.warning(
+            "%d of %d images could not be read and are left out of the score",
+            expected - len(image_ids),
+            expected,
+        )
+    metrics = evaluate_coco(annotations, results, per_category, image_ids=image_ids)
     metrics["images_per_s"] = images_per_s
-    metrics["num_images"] = count
+    metrics["num_images"] = len(image_ids)
+    metrics["num_images_left_out"] = expected - len(image_ids)
     metrics["detections"] = results
     return metrics
 
@@ -191,7 +232,9 @@ def make_eval_fn(config, batch_size: int = 8, num_images_to_draw: int = 3):
     """
 
     def eval_fn(model):
-        metrics = evaluate_model(model, config, batch_size, progress=False)
+        label_map = inputs.open_source(config.data, "val").label_map
+        detector = Detector(model, config, label_map)
+        metrics = evaluate_detector(detector, batch_size, progress=False)
         results = metrics.pop("detections")
         metrics["images"] = draw_first_images(config, results, num_images_to_draw)
         return metrics
@@ -202,14 +245,11 @@ def make_eval_fn(config, batch_size: int = 8, num_images_to_draw: int = 3):
 def draw_first_images(config, results, count: int, size: int = 256, min_score: float = 0.3):
     """Overlays of ``results`` on the first ``count`` validation images, letterboxed to
     ``size`` x ``size``: uint8 [count, size, size, 3] (JSON sources; empty otherwise)."""
-    from solo_tf import visualize  # noqa: PLC0415
-    from solo_tf.data import inputs  # noqa: PLC0415
-
     source = inputs.open_source(config.data, "val")
     pictures = []
     if source.reader is None:
         return np.zeros([0, size, size, 3], np.uint8)
-    names = dict(zip(source.label_map.ids, source.label_map.names, strict=True))
+    names = source.label_map.names_by_id()
     for index in range(min(count, source.num_images)):
         example = source.reader.load(index)
         if example is None:
@@ -232,61 +272,59 @@ def draw_first_images(config, results, count: int, size: int = 256, min_score: f
     return np.stack(pictures) if pictures else np.zeros([0, size, size, 3], np.uint8)
 
 
-def evaluate_exported(
-    saved_model: str = "",
-    tflite: str = "",
+def evaluate_predictor(
+    predictor,
     annotations: str = "",
     images: str = "",
     per_category: bool = False,
     max_images: int = 0,
     progress: bool = True,
+    bad_sample_policy: str = "error",
 ) -> dict:
-    """Mask AP of an exported SavedModel or TFLite file, run image by image in this process.
+    """Mask AP of an exported model's predictor, run image by image in this process.
 
-    The COCO split (``annotations`` JSON, ``images`` folder) is read with ``CocoReader``;
-    each uint8 image goes through ``solo_tf.exported``'s predictor (the SavedModel resizes
-    in its graph; a TFLite file gets the app-side letterbox). Returns the metrics of
-    ``evaluate_coco`` plus ``images_per_s`` (after the first image), ``num_images`` and
-    ``detections`` (the COCO results list).
+    ``predictor.predict(image uint8 [H0, W0, 3]) -> (detections, names)``, e.g.
+    ``solo_tf.exported.SavedModelPredictor`` or ``TFLitePredictor``. The COCO split
+    (``annotations`` JSON, ``images`` folder) is read with ``CocoReader`` under
+    ``bad_sample_policy``. Returns what ``evaluate_detector`` returns.
     """
-    import time  # noqa: PLC0415
-
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    from solo_tf import exported  # noqa: PLC0415
-    from solo_tf.data.coco import CocoReader  # noqa: PLC0415
-
-    if bool(saved_model) == bool(tflite):
-        raise ValueError("give exactly one of saved_model and tflite")
     if not annotations or not images:
         raise ValueError("evaluating an export needs --val_annotations and --val_images")
-    if saved_model:
-        predictor = exported.SavedModelPredictor(saved_model)
-    else:
-        predictor = exported.TFLitePredictor(tflite)
-    reader = CocoReader(annotations, images)
-    if predictor.label_map is not None and set(predictor.label_map.ids) - set(reader.label_map.ids):
+    reader = CocoReader(annotations, images, bad_sample_policy=bad_sample_policy)
+    label_map = getattr(predictor, "label_map", None)
+    if label_map is not None and set(label_map.ids) - set(reader.label_map.ids):
         logging.warning(
             "the export's category ids %s are not all in %s (%s)",
-            list(predictor.label_map.ids),
+            list(label_map.ids),
             annotations,
             list(reader.label_map.ids),
         )
     count = min(reader.num_images, max_images) if max_images else reader.num_images
-    results, seconds = [], 0.0
+    results, image_ids, seconds = [], [], 0.0
     with tqdm(total=count, unit="img", disable=not progress, desc="detect") as bar:
-        for index, example in enumerate(reader.dataset().take(count)):
-            image = example["image"].numpy()
+        for index in range(count):
+            example = reader.load(index)
+            bar.update(1)
+            if example is None:  # skipped under bad_sample_policy="skip"
+                continue
             start = time.perf_counter()
-            dets, _ = predictor.predict(image)
-            if index:  # the first call pays for loading and warm-up
+            dets, _ = predictor.predict(example["image"])
+            if image_ids:  # the first call pays for loading and warm-up
                 seconds += time.perf_counter() - start
             batch = {k: v[None] for k, v in dets.items()}
             batch["num_detections"] = np.array([len(dets["detection_scores"])])
             results += detections_to_coco_results(batch, [int(example["image_id"])])
-            bar.update(1)
-    metrics = evaluate_coco(annotations, results, per_category, reader.image_ids[:count])
-    metrics["images_per_s"] = (count - 1) / seconds if seconds > 0 else float("nan")
-    metrics["num_images"] = count
-    metrics["detections"] = results
-    return metrics
+            image_ids.append(int(example["image_id"]))
+    images_per_s = (len(image_ids) - 1) / seconds if seconds > 0 else None
+    return _scored(annotations, results, image_ids, count, per_category, images_per_s)
+
+
+def evaluate_exported(saved_model: str = "", tflite: str = "", **kwargs) -> dict:
+    """``evaluate_predictor`` of the SavedModel or the TFLite file given (exactly one)."""
+    if bool(saved_model) == bool(tflite):
+        raise ValueError("give exactly one of saved_model and tflite")
+    if saved_model:
+        predictor = exported.SavedModelPredictor(saved_model)
+    else:
+        predictor = exported.TFLitePredictor(tflite)
+    return evaluate_predictor(predictor, **kwargs)

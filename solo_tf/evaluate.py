@@ -14,7 +14,10 @@ import os
 
 from absl import app, flags, logging
 
+from solo_tf import eval_lib
 from solo_tf import flags as solo_flags
+from solo_tf import model_dir as model_dir_lib
+from solo_tf.detector import Detector
 
 solo_flags.define_flags()
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint path.")
@@ -29,8 +32,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from solo_tf import eval_lib  # noqa: PLC0415
-
     if FLAGS.saved_model or FLAGS.tflite:
         result = eval_lib.evaluate_exported(
             saved_model=FLAGS.saved_model,
@@ -39,17 +40,15 @@ def main(argv):
             images=FLAGS.val_images,
             per_category=FLAGS.per_category,
             max_images=FLAGS.max_images,
+            bad_sample_policy=FLAGS.bad_sample_policy,
         )
     else:
         if not FLAGS.model_dir:
             raise app.UsageError("give --model_dir, --saved_model or --tflite")
-        from solo_tf import inference  # noqa: PLC0415
-
-        config = solo_flags.config_from_flags(base=inference.load_config(FLAGS.model_dir))
-        model = inference.load_model(FLAGS.model_dir, FLAGS.checkpoint, config)
-        result = eval_lib.evaluate_model(
-            model,
-            config,
+        config = solo_flags.config_from_flags(base=model_dir_lib.load_config(FLAGS.model_dir))
+        detector = Detector.from_model_dir(FLAGS.model_dir, FLAGS.checkpoint, config=config)
+        result = eval_lib.evaluate_detector(
+            detector,
             batch_size=FLAGS.batch_size,
             per_category=FLAGS.per_category,
             max_images=FLAGS.max_images,
@@ -61,7 +60,7 @@ def main(argv):
     with open(os.path.join(output_dir, "detections.json"), "w") as f:
         json.dump(results, f)
     table = "  ".join(f"{k} {result[k]:.3f}" for k in eval_lib.SUMMARY_KEYS)
-    logging.info("mask AP: %s  (%.1f images/s)", table, result.get("images_per_s", 0.0))
+    logging.info("mask AP: %s  (%s images/s)", table, result.get("images_per_s"))
     print(json.dumps(result, indent=2))
 
 

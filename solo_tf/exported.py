@@ -10,8 +10,8 @@ original pixels, max exclusive), and ``names``, category id -> name from the lab
 travels with the export.
 
 The SavedModel resizes and pads inside its graph. A TFLite model takes the padded input
-itself: ``letterbox`` does what an app must do, and the masks that come back in input
-pixels are cropped to the scaled image and resized (nearest) to the original size here.
+itself: ``solo_tf.images.letterbox`` does what an app must do, and the masks that come back
+in input pixels are cropped to the scaled image and resized (nearest) to the original size here.
 """
 
 from __future__ import annotations
@@ -21,65 +21,17 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
-from solo_tf.data.augment import resize_and_pad, scaled_size
-from solo_tf.data.coco import decode_image_bytes
 from solo_tf.data.label_map import LabelMap
-
-DETECTION_KEYS = ("detection_scores", "detection_classes", "detection_masks", "detection_boxes")
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 [H0, W0, 3] (as the dataset readers decode them)."""
-    return decode_image_bytes(data)
-
-
-def letterbox(image: np.ndarray, input_size, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """The preprocessing a TFLite app does: fit inside ``input_size`` keeping the aspect
-    ratio (bilinear), pad with 0 at the bottom/right.
-
-    Returns ``dtype`` [H, W, 3] (uint8: rounded) and image_info float32 [4, 2] (original
-    size, scaled size, scale, 0).
-    """
-    height, width = (int(s) for s in input_size)
-    image = tf.convert_to_tensor(image)
-    # Only the H x W limits bind: the short/long side limits are set out of reach.
-    size = scaled_size(tf.shape(image)[:2], 10 * max(height, width), 10**6, (height, width))
-    padded, _, image_info = resize_and_pad(image, None, size, (height, width))
-    return to_input_dtype(padded.numpy(), dtype), image_info.numpy()
-
-
-def to_input_dtype(pixels: np.ndarray, dtype) -> np.ndarray:
-    """Float pixels in [0, 255] as ``dtype``: integer types are rounded and clipped."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        return np.clip(np.round(pixels), 0, 255).astype(dtype)
-    return pixels.astype(dtype)
-
-
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """float32 [n, 4] (ymin, xmin, ymax, xmax), max exclusive, of uint8 masks [n, H, W]."""
-    boxes = np.zeros([len(masks), 4], np.float32)
-    for k, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size:
-            boxes[k] = [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]
-    return boxes
+from solo_tf.detector import one_image
+from solo_tf.images import boxes_from_masks, letterbox, to_input_dtype
 
 
 def _nearest_indices(out_size: int, in_size: int) -> np.ndarray:
     """Half-pixel nearest-neighbour source index of each output index (tf.image.resize)."""
     index = np.floor((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64)
     return np.minimum(index, in_size - 1)
-
-
-def _one_image(outputs: dict, index: int = 0) -> dict[str, np.ndarray]:
-    count = int(outputs["num_detections"][index])
-    return {key: np.asarray(outputs[key][index][:count]) for key in DETECTION_KEYS}
-
-
-def _names(label_map: LabelMap) -> dict[int, str]:
-    return dict(zip(label_map.ids, label_map.names, strict=True))
 
 
 def find_version_dir(path: str) -> str:
@@ -102,7 +54,7 @@ class SavedModelPredictor:
         self._loaded = tf.saved_model.load(self.path)
         self._serve = self._loaded.signatures["serving_default"]
         self.label_map = LabelMap.from_json(os.path.join(self.path, "assets", "label_map.json"))
-        self.names = _names(self.label_map)
+        self.names = self.label_map.names_by_id()
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The signature's padded outputs for uint8 images [B, H0, W0, 3] of one size."""
@@ -110,7 +62,7 @@ class SavedModelPredictor:
         return {key: value.numpy() for key, value in outputs.items()}
 
     def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        return _one_image(self.run(np.asarray(image)[None])), self.names
+        return one_image(self.run(np.asarray(image)[None])), self.names
 
     __call__ = predict
 
@@ -122,8 +74,6 @@ class TFLitePredictor:
     """
 
     def __init__(self, path: str, label_map: LabelMap | None = None, num_threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
         self.path = path
         self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
         self._runner = self._interpreter.get_signature_runner("serving_default")
@@ -136,7 +86,7 @@ class TFLitePredictor:
                 with open(info_path) as f:
                     label_map = LabelMap.from_dict({"categories": json.load(f)["labels"]})
         self.label_map = label_map
-        self.names = _names(label_map) if label_map is not None else {}
+        self.names = label_map.names_by_id() if label_map is not None else {}
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The raw outputs for one padded input [1, H, W, 3] (cast to the input dtype)."""
@@ -145,7 +95,7 @@ class TFLitePredictor:
 
     def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         padded, image_info = letterbox(image, self.input_size, self.input_dtype)
-        dets = _one_image(self.run(padded[None]))
+        dets = one_image(self.run(padded[None]))
         height, width = image.shape[:2]
         scaled_h, scaled_w = (int(round(v)) for v in image_info[1])
         rows = _nearest_indices(height, scaled_h)
@@ -160,16 +110,12 @@ class TFLitePredictor:
 
 def tflite_operators(path: str) -> list[str]:
     """Sorted names of the operators a ``.tflite`` file uses (Flex ops start with Flex)."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
     interpreter = Interpreter(model_path=path)
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
 
 def tflite_signature_details(path: str) -> dict:
     """Name, shape, dtype and tensor index of the inputs and outputs of ``serving_default``."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
     runner = Interpreter(model_path=path).get_signature_runner("serving_default")
 
     def describe(details: dict) -> dict:

@@ -7,62 +7,55 @@ RGBA; an unreadable file is reported by name and the others go on.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
 from absl import app, flags, logging
+from tqdm.auto import tqdm
 
+from solo_tf import eval_lib, exported, images, visualize
 from solo_tf import flags as solo_flags
+from solo_tf import model_dir as model_dir_lib
+from solo_tf.detector import Detector
 
 solo_flags.define_flags()
 flags.DEFINE_string("images", None, "An image file, a folder of images, or a glob.")
 flags.DEFINE_string("output_dir", "predictions", "Where overlays and results.json go.")
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint path in model_dir.")
 flags.DEFINE_string("saved_model", "", "Use this exported SavedModel version dir instead.")
+flags.DEFINE_string("tflite", "", "Use this .tflite file instead.")
 flags.DEFINE_float("draw_threshold", 0.3, "Draw detections scoring at least this.")
 flags.DEFINE_integer("max_images", 0, "Stop after this many images (0: all).")
 flags.mark_flag_as_required("images")
 FLAGS = flags.FLAGS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-
-def list_images(spec: str) -> list[str]:
-    """Files named by a path, a folder (its images, sorted) or a glob."""
-    if os.path.isdir(spec):
-        names = sorted(os.listdir(spec))
-        return [os.path.join(spec, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
-    if os.path.isfile(spec):
-        return [spec]
-    files = sorted(glob.glob(spec))
-    if not files:
-        raise FileNotFoundError(f"--images {spec!r} names no file, folder or glob match")
-    return files
+def overlay_paths(paths: list[str], output_dir: str) -> list[str]:
+    """One overlay file per input: ``<stem>.png``, or ``<name with suffix>.png`` where two
+    inputs share a stem (``a.png`` and ``a.jpg`` -> ``a.png.png`` and ``a.jpg.png``)."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    clash = {s for s in stems if stems.count(s) > 1}
+    names = [os.path.basename(p) if s in clash else s for p, s in zip(paths, stems, strict=True)]
+    return [os.path.join(output_dir, f"{name}.png") for name in names]
 
 
 def main(argv):
     del argv
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    from solo_tf import visualize  # noqa: PLC0415
-    from solo_tf.data.coco import decode_image_bytes  # noqa: PLC0415
-
-    files = list_images(FLAGS.images)
+    files = images.list_images(FLAGS.images)
     if FLAGS.max_images:
         files = files[: FLAGS.max_images]
-    predictor = _make_predictor()
+    predict = _make_predictor()
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     results, failed = [], []
-    for index, path in enumerate(tqdm(files, unit="img", desc="predict")):
+    outputs = overlay_paths(files, FLAGS.output_dir)
+    for index, (path, output) in enumerate(tqdm(list(zip(files, outputs, strict=True)), unit="img")):
         try:
-            with open(path, "rb") as f:
-                image = decode_image_bytes(f.read())
-        except Exception as error:  # noqa: BLE001 - report every unreadable file and go on
-            logging.error("Cannot read %s: %s", path, error)
+            image = images.read_image(path)
+        except ValueError as error:  # report every unreadable file and go on
+            logging.error("%s", error)
             failed.append(path)
             continue
-        dets, names = predictor(image)
+        dets, names = predict(image)
         keep = dets["detection_scores"] >= FLAGS.draw_threshold
         picture = visualize.draw_detections(
             image,
@@ -71,8 +64,7 @@ def main(argv):
             dets["detection_scores"][keep],
             names,
         )
-        stem = os.path.splitext(os.path.basename(path))[0]
-        picture.save(os.path.join(FLAGS.output_dir, f"{stem}.png"))
+        picture.save(output)
         results += _coco_results(dets, index, path)
     with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
         json.dump(results, f)
@@ -87,43 +79,22 @@ def main(argv):
 
 def _make_predictor():
     """``predict(image uint8 [H, W, 3]) -> (detections of that image, id -> name)``."""
-    import numpy as np  # noqa: PLC0415
-
     if FLAGS.saved_model:
-        from solo_tf import exported  # noqa: PLC0415
-
-        return exported.SavedModelPredictor(FLAGS.saved_model)
-    from solo_tf import inference  # noqa: PLC0415
-    from solo_tf.data.augment import preprocess_for_eval  # noqa: PLC0415
-
+        return exported.SavedModelPredictor(FLAGS.saved_model).predict
+    if FLAGS.tflite:
+        return exported.TFLitePredictor(FLAGS.tflite).predict
     if not FLAGS.model_dir:
-        raise app.UsageError("give --model_dir or --saved_model")
-    config = solo_flags.config_from_flags(base=inference.load_config(FLAGS.model_dir))
-    label_map = inference.load_label_map(FLAGS.model_dir)
-    model = inference.load_model(FLAGS.model_dir, FLAGS.checkpoint, config)
-    detect = inference.make_detect_fn(model, config, label_map.class_ids)
-    names = dict(zip(label_map.ids, label_map.names, strict=True))
-
-    def predict(image):
-        inputs = preprocess_for_eval({"image": image, "image_id": 0}, config.data)
-        dets = detect(inputs["image"][None], inputs["image_info"][None])
-        count = int(dets["num_detections"][0])
-        one = {k: np.asarray(v[0][:count]) for k, v in dets.items() if k != "num_detections"}
-        height, width = image.shape[:2]
-        one["detection_masks"] = one["detection_masks"][:, :height, :width]
-        return one, names
-
-    return predict
+        raise app.UsageError("give --model_dir, --saved_model or --tflite")
+    config = solo_flags.config_from_flags(base=model_dir_lib.load_config(FLAGS.model_dir))
+    detector = Detector.from_model_dir(FLAGS.model_dir, FLAGS.checkpoint, config=config)
+    detect_fn = detector.detect_fn()
+    return lambda image: (detector.detect_image(image, detect_fn), detector.names)
 
 
 def _coco_results(dets, index, path) -> list[dict]:
     """COCO results of one image's detections, with its file name."""
-    import numpy as np  # noqa: PLC0415
-
-    from solo_tf import eval_lib  # noqa: PLC0415
-
-    batch = {k: np.asarray(v)[None] for k, v in dets.items()}
-    batch["num_detections"] = np.array([len(dets["detection_scores"])])
+    batch = {k: v[None] for k, v in dets.items()}
+    batch["num_detections"] = [len(dets["detection_scores"])]
     results = eval_lib.detections_to_coco_results(batch, [index])
     for result in results:
         result["file_name"] = os.path.basename(path)

@@ -9,7 +9,9 @@ import os
 
 from absl import app, flags, logging
 
+from solo_tf import eval_lib, train_lib
 from solo_tf import flags as solo_flags
+from solo_tf.detector import Detector
 
 solo_flags.define_flags()
 flags.DEFINE_bool("eval_at_end", True, "Evaluate mask AP on the validation split at the end.")
@@ -23,19 +25,14 @@ def main(argv):
         raise app.UsageError("--model_dir is required")
     os.makedirs(config.train.model_dir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("train", config.train.model_dir)
-    # Imported here so that --helpfull does not pay for TensorFlow's start-up.
-    from solo_tf import eval_lib, train_lib  # noqa: PLC0415
-
     train_lib.keras_policy(config.train.mixed_precision)
     has_val = bool(config.data.val_annotations or config.data.val_tfrecords)
     eval_fn = eval_lib.make_eval_fn(config) if has_val else None
     _, metrics = train_lib.train(config, eval_fn=eval_fn)
     logging.info("Training stopped at step %d: %s", metrics["step"], metrics)
     if FLAGS.eval_at_end and eval_fn is not None and not metrics["stopped_by_sigterm"]:
-        from solo_tf import inference  # noqa: PLC0415
-
-        model = inference.load_model(config.train.model_dir)
-        result = eval_fn(model)
+        detector = Detector.from_model_dir(config.train.model_dir, config=config)
+        result = eval_fn(detector.model)
         logging.info("Final mask AP: %s", result)
 
 

@@ -9,6 +9,7 @@ cleanly on SIGTERM and stops on a non-finite loss without saving the bad state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,9 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tqdm.auto import tqdm
 
 from solo_tf import config as cfg
 from solo_tf import distribute, losses, optimization
+from solo_tf import model_dir as model_dir_lib
 from solo_tf.data import inputs
 from solo_tf.modeling import factory
 
@@ -129,13 +132,6 @@ def make_train_loop(strategy, replica_step, loss_scaler=None, jit_compile=False)
     return loop
 
 
-def _save_metadata(model_dir, config, label_map):
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(config), f, indent=2)
-    label_map.to_json(os.path.join(model_dir, "label_map.json"))
-
-
 def build_state(config: cfg.SOLOConfig, strategy, steps_per_epoch: int):
     """Model, optimiser and checkpoint, created inside the strategy's scope."""
     with strategy.scope():
@@ -209,18 +205,61 @@ def check_jit_and_precision(tconf: cfg.TrainConfig) -> None:
     )
 
 
-def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, after_loop=None):
-    """Trains (or resumes) the run in ``config.train.model_dir``.
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, made by ``setup``."""
 
-    Returns ``(model, metrics)``: the trained model and the metrics of the last loop call,
-    with ``step`` and ``stopped_by_sigterm``. ``after_loop(step)``, when given, is called
-    after every loop call (after any checkpoint of that step).
+    config: cfg.SOLOConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    iterator: object
+    loop: object  # make_train_loop's tf.function
+    scaler: DynamicLossScale | None
+    total_steps: int
+    chief: bool
 
-    ``eval_fn(model) -> dict`` with an ``AP`` key, when given, runs every ``eval_every``
-    steps; the best checkpoint so far is copied to ``model_dir/best``.
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+
+def check_model_dir(config: cfg.SOLOConfig, label_map) -> None:
+    """Refuses a run whose model or categories disagree with what ``model_dir`` holds, and a
+    dataset whose categories do not match ``--num_classes``, before anything is built."""
+    if label_map.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"the training data has {label_map.num_classes} categories "
+            f"({list(label_map.names)[:10]}...) but --num_classes={config.model.num_classes}: "
+            "set --num_classes to the number of categories"
+        )
+    model_dir = config.train.model_dir
+    if not model_dir_lib.has_config(model_dir):
+        return
+    saved = model_dir_lib.load_config(model_dir)
+    differences = model_dir_lib.model_differences(saved.model, config.model)
+    if differences:
+        raise ValueError(
+            f"{model_dir} holds another model; resume it with its own config or pick a new "
+            f"--model_dir. Differences: {differences}"
+        )
+    saved_labels = model_dir_lib.load_label_map(model_dir)
+    if saved_labels != label_map:
+        raise ValueError(
+            f"{model_dir} was trained on categories {saved_labels.names_by_id()}, the data "
+            f"has {label_map.names_by_id()}"
+        )
+
+
+def setup(config: cfg.SOLOConfig, strategy=None) -> _Run:
+    """Checks, builds (or restores) the model and optimiser, and opens the input stream.
+
+    ``model_dir`` is the source of truth: its config and label map are checked before
+    anything is built, the newest readable checkpoint is restored (a broken newer one is
+    named and passed over), and only then are ``config.json`` and ``label_map.json`` written.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415 - optional dependency of the entry point
-
     tconf = config.train
     check_jit_and_precision(tconf)
     keras.utils.set_random_seed(tconf.seed)
@@ -228,18 +267,21 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, af
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or distribute.create_strategy(tconf.strategy)
     source = inputs.open_source(config.data, "train")
+    check_model_dir(config, source.label_map)
     steps_per_epoch = max(1, source.num_images // tconf.global_batch_size)
     total_steps, _ = optimization.total_and_decay_steps(tconf, steps_per_epoch)
     model, optimizer, checkpoint = build_state(config, strategy, steps_per_epoch)
     chief = distribute.is_chief(strategy)
-    if chief:
-        _save_metadata(tconf.model_dir, config, source.label_map)
+    checkpoint_dir = _checkpoint_dir(tconf.model_dir, strategy)
     manager = tf.train.CheckpointManager(
-        checkpoint, _checkpoint_dir(tconf.model_dir, strategy), max_to_keep=tconf.keep_checkpoints
+        checkpoint, checkpoint_dir, max_to_keep=tconf.keep_checkpoints
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s", manager.latest_checkpoint)
+    latest = model_dir_lib.latest_readable_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s", latest)
+    if chief:
+        model_dir_lib.write_metadata(tconf.model_dir, config, source.label_map)
     step = int(optimizer.iterations.numpy())
     input_fn = inputs.train_input_fn(config, source, start_step=step)
     iterator = iter(strategy.distribute_datasets_from_function(input_fn))
@@ -251,57 +293,97 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, af
         model, optimizer, config, loss_scale=None if scaler is None else scaler.scale
     )
     loop = make_train_loop(strategy, replica_step, scaler)
-    writer = tf.summary.create_file_writer(
-        os.path.join(tconf.model_dir, "train") if chief else os.path.join("/tmp", "solo_null")
+    return _Run(
+        config,
+        strategy,
+        model,
+        optimizer,
+        checkpoint,
+        manager,
+        iterator,
+        loop,
+        scaler,
+        total_steps,
+        chief,
     )
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and chief), unit="step")
+
+
+def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, after_loop=None):
+    """Trains (or resumes) the run in ``config.train.model_dir``.
+
+    Returns ``(model, metrics)``: the trained model and the metrics of the last loop call,
+    with ``step`` and ``stopped_by_sigterm``. ``after_loop(step)``, when given, is called
+    after every loop call (after any checkpoint of that step).
+
+    ``eval_fn(model) -> dict`` with an ``AP`` key, when given, runs every ``eval_every``
+    steps; the best checkpoint so far is copied to ``model_dir/best``.
+    """
+    run = setup(config, strategy)
+    tconf = config.train
+    writer = tf.summary.create_file_writer(
+        os.path.join(tconf.model_dir, "train") if run.chief else os.path.join("/tmp", "solo_null")
+    )
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not (progress and run.chief))
     sigterm = _Sigterm()
-    metrics, best_ap = {}, _read_best(tconf.model_dir)
+    metrics = {}
     try:
-        while step < total_steps and not sigterm.received:
-            n = _steps_this_call(step, total_steps, tconf)
-            start = time.perf_counter()
-            metrics = {k: float(v) for k, v in loop(iterator, tf.constant(n)).items()}
-            seconds = time.perf_counter() - start
-            if metrics["finite"] < 0.5 and scaler is None:
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient within steps {step + 1}..{step + n} "
-                    f"(loss={metrics['loss']}); stopping. The last good checkpoint is kept: "
-                    f"{manager.latest_checkpoint}"
-                )
-            step = int(optimizer.iterations.numpy())
-            lr = float(optimizer.learning_rate)
-            ips = n * tconf.global_batch_size / seconds
-            bar.update(n)
-            bar.set_postfix(
-                loss=f"{metrics['loss']:.3f}",
-                cate=f"{metrics['loss_cate']:.3f}",
-                mask=f"{metrics['loss_mask']:.3f}",
-                lr=f"{lr:.2e}",
-                img_s=f"{ips:.1f}",
-            )
-            _write_summaries(writer, step, metrics, lr, ips)
-            if step % tconf.checkpoint_every == 0 or step >= total_steps or sigterm.received:
-                manager.save(checkpoint_number=step)
-            if (
-                eval_fn is not None
-                and tconf.eval_every > 0
-                and (step % tconf.eval_every == 0 or step >= total_steps)
-            ):
-                best_ap = _evaluate_and_keep_best(
-                    eval_fn, model, step, writer, manager, tconf.model_dir, best_ap, chief
-                )
-            if after_loop is not None:
-                after_loop(step)
-        if sigterm.received and not _saved_at(manager, step):
-            manager.save(checkpoint_number=step)
+        metrics = _loop(run, writer, bar, sigterm, eval_fn, after_loop)
+        if sigterm.received and not _saved_at(run.manager, run.step):
+            run.manager.save(checkpoint_number=run.step)
     finally:
         bar.close()
         sigterm.restore()
         writer.flush()
-    metrics["step"] = step
+    metrics["step"] = run.step
     metrics["stopped_by_sigterm"] = sigterm.received
-    return model, metrics
+    return run.model, metrics
+
+
+def _loop(run: _Run, writer, bar, sigterm, eval_fn, after_loop) -> dict:
+    """Loop calls until the last step or SIGTERM; returns the last call's metrics."""
+    tconf = run.config.train
+    metrics, best_ap = {}, _read_best(tconf.model_dir)
+    step = run.step
+    while step < run.total_steps and not sigterm.received:
+        n = _steps_this_call(step, run.total_steps, tconf)
+        start = time.perf_counter()
+        metrics = {k: float(v) for k, v in run.loop(run.iterator, tf.constant(n)).items()}
+        seconds = time.perf_counter() - start
+        if metrics["finite"] < 0.5 and run.scaler is None:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient within steps {step + 1}..{step + n} "
+                f"(loss={metrics['loss']}); stopping. The last good checkpoint is kept: "
+                f"{run.manager.latest_checkpoint}"
+            )
+        step = run.step
+        lr = float(run.optimizer.learning_rate)
+        ips = n * tconf.global_batch_size / seconds
+        bar.update(n)
+        bar.set_postfix(
+            loss=f"{metrics['loss']:.3f}",
+            cate=f"{metrics['loss_cate']:.3f}",
+            mask=f"{metrics['loss_mask']:.3f}",
+            lr=f"{lr:.2e}",
+            img_s=f"{ips:.1f}",
+        )
+        _write_summaries(writer, step, metrics, lr, ips)
+        if step % tconf.checkpoint_every == 0 or step >= run.total_steps or sigterm.received:
+            run.manager.save(checkpoint_number=step)
+        if eval_fn is not None and tconf.eval_every > 0:
+            if step % tconf.eval_every == 0 or step >= run.total_steps:
+                best_ap = _evaluate_and_keep_best(
+                    eval_fn,
+                    run.model,
+                    step,
+                    writer,
+                    run.manager,
+                    tconf.model_dir,
+                    best_ap,
+                    run.chief,
+                )
+        if after_loop is not None:
+            after_loop(step)
+    return metrics
 
 
 def _saved_at(manager, step) -> bool:

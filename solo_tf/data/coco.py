@@ -5,12 +5,8 @@
 indices, see ``LabelMap``), ``is_crowd`` bool [N], ``image_id`` int64 [], ``original_size``
 int32 [2].
 
-Images: JPEG and PNG are decoded with ``tf.io.decode_image``, the op Model Garden's
-``TfExampleDecoder`` uses, so an image read here and one read back from our TFRecords are
-identical to the bit (JPEG decoders differ by a few levels between libraries). Other formats
-(BMP, GIF, TIFF, WebP...) go through PIL. Every mode ends as RGB uint8: grey is replicated,
-alpha dropped, palettes expanded, CMYK converted, 16-bit samples keep their high byte.
-EXIF orientation is ignored on purpose: COCO annotations refer to the stored pixels.
+Images are decoded by ``solo_tf.images.decode_image_bytes`` (any format and mode -> RGB
+uint8, bit-identical to what Model Garden's TFRecord decoder gives for JPEG and PNG).
 
 Validation: the JSON structure and ids are checked in ``__init__`` (always a ``ValueError``),
 and so is every segmentation (RLE size and length, polygon points and area), which follows
@@ -38,9 +34,7 @@ from pycocotools.coco import COCO
 
 from solo_tf.data import errors
 from solo_tf.data.label_map import LabelMap
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from solo_tf.images import decode_image_bytes
 
 # (key, dtype, static shape) of the decoded example, in py_function output order.
 _SPEC = (
@@ -53,26 +47,6 @@ _SPEC = (
 )
 # The decoded-example signature of docs/architecture.md section 1, for tf.data generators.
 EXAMPLE_SPEC = {key: tf.TensorSpec(shape, dtype) for key, dtype, shape in _SPEC}
-
-
-def is_tf_decodable(data: bytes) -> bool:
-    """Whether the bytes are JPEG or PNG, the formats decoded with TensorFlow's own op."""
-    return data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)
-
-
-def decode_image_bytes(data: bytes) -> np.ndarray:
-    """Decodes an encoded image of any mode to RGB uint8 [H, W, 3] (see the module doc)."""
-    if is_tf_decodable(data):
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.mode.startswith("I"):  # 16/32-bit integer samples: keep the high byte
-            grey = np.right_shift(np.asarray(image).astype(np.uint32), 8)
-            grey = np.minimum(grey, 255).astype(np.uint8)
-            return np.repeat(grey[..., None], 3, axis=-1)
-        if image.mode == "F":
-            raise ValueError("floating-point images are not supported")
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,10 +67,12 @@ class LabelMap:
                 f"category id {category_id} is not in the label map (ids {list(self.ids)})"
             ) from None
 
+    def names_by_id(self) -> dict[int, str]:
+        """Dataset category id -> name."""
+        return dict(zip(self.ids, self.names, strict=True))
+
     def to_dict(self) -> dict:
-        return {
-            "categories": [{"id": i, "name": n} for i, n in zip(self.ids, self.names, strict=True)]
-        }
+        return {"categories": [{"id": i, "name": n} for i, n in self.names_by_id().items()]}
 
     @classmethod
     def from_dict(cls, data: dict) -> LabelMap:

@@ -32,10 +32,9 @@ from official.vision.data import tfrecord_lib
 from official.vision.dataloaders import tf_example_decoder
 
 from solo_tf.data import errors
-from solo_tf.data.coco import CocoReader, is_tf_decodable
+from solo_tf.data.coco import CocoReader
 from solo_tf.data.label_map import LabelMap
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
+from solo_tf.images import IMAGE_MAGIC, boxes_from_masks, is_tf_decodable
 
 
 def label_map_path(output_prefix: str) -> str:
@@ -53,13 +52,13 @@ def example_to_tf_example(example: dict, label_map: LabelMap) -> tf.train.Exampl
     encoded = example["encoded"]
     if not is_tf_decodable(encoded):  # keep what TfExampleDecoder reads: JPEG or PNG
         encoded = tfrecord_lib.encode_mask_as_png(example["image"])
-    image_format = "jpeg" if encoded.startswith(_JPEG_MAGIC) else "png"
+    image_format = "jpeg" if encoded.startswith(IMAGE_MAGIC["JPEG"]) else "png"
     height, width = (int(v) for v in example["original_size"])
     feature = tfrecord_lib.image_info_to_feature_dict(
         height, width, example["file_name"], int(example["image_id"]), encoded, image_format
     )
     masks = example["masks"]  # [N, H0, W0]
-    boxes = _mask_boxes(masks) / np.array([height, width, height, width], np.float32)
+    boxes = boxes_from_masks(masks) / np.array([height, width, height, width], np.float32)
     category_ids = label_map.class_ids[example["classes"]]
     names = [label_map.names[k].encode("utf8") for k in example["classes"]]
     to_feature = tfrecord_lib.convert_to_feature
@@ -79,15 +78,6 @@ def example_to_tf_example(example: dict, label_map: LabelMap) -> tf.train.Exampl
         }
     )
     return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """float32 [N, 4] tight pixel boxes (ymin, xmin, ymax, xmax; max exclusive) of [N, H, W]."""
-    boxes = np.zeros([len(masks), 4], np.float32)
-    for k, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        boxes[k] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
-    return boxes
 
 
 def convert_coco_to_tfrecords(

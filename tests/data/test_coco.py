@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from solo_tf.data import errors
-from solo_tf.data.coco import CocoReader, decode_image_bytes
+from solo_tf.data.coco import CocoReader
+from solo_tf.images import decode_image_bytes
 from tests.data import fixtures
 
 

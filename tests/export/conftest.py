@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from export import saved_model, serving_module, tflite
+from export import saved_model, tflite
+from solo_tf.detector import Detector
 from tests.export import fixtures
 
 TFLITE_SIZE = (128, 128)
@@ -27,12 +28,12 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def source(model_dir):
-    return serving_module.ExportSource.from_model_dir(model_dir, "latest")
+    return Detector.from_model_dir(model_dir, "latest")
 
 
 @pytest.fixture(scope="session")
 def keras_detect(source):
-    return fixtures.keras_detector(source.model, source.config)
+    return fixtures.keras_detector(source)
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,15 @@ the image with sharp edges: parity tests then compare real detections, not empty
 from __future__ import annotations
 
 import io
-import json
-import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from solo_tf import config as cfg
-from solo_tf import inference
-from solo_tf.data.augment import preprocess_for_eval
+from solo_tf import model_dir as model_dir_lib
 from solo_tf.data.label_map import LabelMap
+from solo_tf.detector import Detector, one_image
 from solo_tf.modeling import factory
 
 GRIDS = (8, 8, 6, 4, 4)
@@ -93,12 +91,9 @@ def build_model(config: cfg.SOLOConfig, seed: int = 0):
 def write_model_dir(model_dir: str, seed: int = 0, head_type: str = "vanilla"):
     """config.json, label_map.json and a checkpoint of the tiny model; returns the model."""
     config = tiny_config(head_type)
-    os.makedirs(model_dir, exist_ok=True)
     model = build_model(config, seed)
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(config), f, indent=1)
-    LABEL_MAP.to_json(os.path.join(model_dir, "label_map.json"))
-    tf.train.Checkpoint(model=model).save(os.path.join(model_dir, "ckpt"))
+    model_dir_lib.write_metadata(model_dir, config, LABEL_MAP)
+    model_dir_lib.save_model(model, model_dir)
     return model
 
 
@@ -119,32 +114,20 @@ def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def keras_detector(model, config: cfg.SOLOConfig):
+def keras_detector(detector: Detector):
     """``detect(image uint8 [H0, W0, 3]) -> one-image numpy detections`` through
-    ``preprocess_for_eval`` and ``inference.make_detect_fn`` on the plain path: all mask
-    logits, batched post-processing (evaluation and the exports compute only the candidates'
-    masks and post-process image by image, which must give the same detections)."""
-    detect = inference.make_detect_fn(
-        model, config, LABEL_MAP.class_ids, per_image=False, lazy_masks=False
-    )
+    ``Detector.detect_image`` on the plain path: all mask logits, batched post-processing
+    (evaluation and the exports compute only the candidates' masks and post-process image by
+    image, which must give the same detections). Masks come back at the padded output size,
+    as the exports give them before cropping."""
+    detect = detector.detect_fn(per_image=False, lazy_masks=False)
 
     def run(image):
-        inputs = preprocess_for_eval({"image": image, "image_id": 0}, config.data)
-        dets = detect(inputs["image"][None], inputs["image_info"][None])
+        padded, image_info = detector.preprocess(image)
+        dets = detect(padded[None], image_info[None])
         return one_image({k: v.numpy() for k, v in dets.items()})
 
     return run
-
-
-def one_image(outputs: dict, index: int = 0, size=None) -> dict:
-    """The valid rows of image ``index`` of padded outputs; masks cut to ``size``."""
-    count = int(outputs["num_detections"][index])
-    dets = {
-        k: np.asarray(v[index][:count]) for k, v in outputs.items() if k.startswith("detection_")
-    }
-    if size is not None:
-        dets["detection_masks"] = dets["detection_masks"][:, : size[0], : size[1]]
-    return dets
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,44 +7,45 @@ import pytest
 import tensorflow as tf
 
 from export import saved_model, serving_module
-from solo_tf import exported, inference
+from solo_tf import exported
+from solo_tf.detector import DETECTION_KEYS, Detector
 from tests.export import fixtures
 
 
-def _padded_batch(images, config):
+def _padded_batch(images, detector):
     """The three first test images preprocessed as the serving graph does (mixed sizes)."""
     padded, infos = [], []
     for image in images[:3]:
-        image, info = serving_module.preprocess_image(tf.constant(image), config.data)
+        image, info = serving_module.preprocess_image(tf.constant(image), detector)
         padded.append(image)
         infos.append(info)
     return tf.stack(padded), tf.stack(infos)
 
 
 def test_per_image_postprocess_equals_batched(source, images):
-    padded, info = _padded_batch(images, source.config)
-    batched = serving_module.detect(source, padded, info, per_image=False)
-    one_by_one = serving_module.detect(source, padded, info, per_image=True)
+    padded, info = _padded_batch(images, source)
+    batched = source.detect(padded, info, per_image=False)
+    one_by_one = source.detect(padded, info, per_image=True)
     assert int(tf.reduce_sum(batched["num_detections"])) > 0
-    for key in serving_module.DETECTION_KEYS:
+    for key in DETECTION_KEYS:
         want, got = batched[key].numpy(), one_by_one[key].numpy()
         assert got.shape == want.shape, key
         np.testing.assert_array_equal(got, want, err_msg=key)
 
 
 def test_per_image_postprocess_with_a_static_output_size(source, images):
-    padded, info = _padded_batch(images, source.config)
+    padded, info = _padded_batch(images, source)
     kwargs = {"output_size": (100, 90)}
-    batched = serving_module.detect(source, padded, info, per_image=False, **kwargs)
-    one_by_one = serving_module.detect(source, padded, info, per_image=True, **kwargs)
+    batched = source.detect(padded, info, per_image=False, **kwargs)
+    one_by_one = source.detect(padded, info, per_image=True, **kwargs)
     assert one_by_one["detection_masks"].shape[2:] == (100, 90)
-    for key in serving_module.DETECTION_KEYS:
+    for key in DETECTION_KEYS:
         np.testing.assert_array_equal(one_by_one[key].numpy(), batched[key].numpy(), key)
 
 
 @pytest.fixture(scope="module")
 def bf16_source(model_dir):
-    return serving_module.ExportSource.from_model_dir(model_dir, "latest", "bfloat16")
+    return Detector.from_model_dir(model_dir, "latest", "bfloat16")
 
 
 def test_bfloat16_network_computes_in_bfloat16_with_float32_weights(bf16_source, source, images):
@@ -59,7 +60,7 @@ def test_bfloat16_network_computes_in_bfloat16_with_float32_weights(bf16_source,
 
 
 def test_bfloat16_logits_close_to_float32(bf16_source, source, images):
-    padded, _ = _padded_batch(images, source.config)
+    padded, _ = _padded_batch(images, source)
     want = source.model(padded, training=False)
     got = bf16_source.model(padded, training=False)
     for key, value in want.items():
@@ -106,11 +107,11 @@ def test_bfloat16_saved_model_matches_the_float32_model(
 
 def test_unknown_compute_dtype_is_refused(model_dir):
     with pytest.raises(ValueError, match="compute_dtype"):
-        serving_module.ExportSource.from_model_dir(model_dir, "latest", "float16")
+        Detector.from_model_dir(model_dir, "latest", "float16")
 
 
 def test_lazy_mask_outputs_reproduce_the_mask_logits(source, images):
-    padded, _ = _padded_batch(images, source.config)
+    padded, _ = _padded_batch(images, source)
     full = source.model(padded, training=False)
     lazy = source.model(padded, training=False, lazy_masks=True)
     for level in range(len(fixtures.GRIDS)):
@@ -125,10 +126,9 @@ def test_lazy_mask_outputs_reproduce_the_mask_logits(source, images):
 
 @pytest.mark.parametrize("per_image", [False, True])
 def test_lazy_detections_equal_the_plain_path(source, images, per_image):
-    config, ids = source.config, fixtures.LABEL_MAP.class_ids
-    plain = inference.make_detect_fn(source.model, config, ids, per_image=False, lazy_masks=False)
-    lazy = inference.make_detect_fn(source.model, config, ids, per_image=per_image)
-    padded, info = _padded_batch(images, config)
+    plain = source.detect_fn(per_image=False, lazy_masks=False)
+    lazy = source.detect_fn(per_image=per_image)
+    padded, info = _padded_batch(images, source)
     want, got = plain(padded, info), lazy(padded, info)
     assert int(tf.reduce_sum(want["num_detections"])) > 0
     for b in range(3):

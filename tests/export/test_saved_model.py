@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from solo_tf import config as cfg
 from solo_tf import eval_lib, exported
+from solo_tf import images as images_lib
+from solo_tf.detector import Detector
 from tests.export import fixtures
 
 SIGNATURES = ("serving_default", "serve_image_bytes", "serve_examples")
@@ -102,7 +104,7 @@ def test_jpeg_bytes(loaded, images):
     image = images[1]
     data = fixtures.encode(image, "JPEG")
     outputs = _numpy(loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([data])))
-    decoded = exported.decode_image(data)
+    decoded = images_lib.decode_image_bytes(data)
     want = _numpy(loaded.signatures["serving_default"](images=tf.constant(decoded[None])))
     fixtures.assert_same_detections(fixtures.one_image(outputs), fixtures.one_image(want))
 
@@ -319,7 +321,8 @@ def test_evaluate_exported_matches_the_keras_evaluation(
             max_long_side=data.max_long_side,
         ),
     )
-    by_keras = eval_lib.evaluate_model(source.model, config, batch_size=2, progress=False)
+    detector = Detector(source.model, config, source.label_map)
+    by_keras = eval_lib.evaluate_detector(detector, batch_size=2, progress=False)
     for key in eval_lib.SUMMARY_KEYS:
         assert by_saved_model[key] == pytest.approx(by_keras[key], abs=1e-3), key
     scores = [sorted(r["score"] for r in m["detections"]) for m in (by_saved_model, by_keras)]

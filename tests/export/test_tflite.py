@@ -15,7 +15,8 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python import schema_py_generated as schema
 
 from export import tflite
-from solo_tf import exported, inference
+from solo_tf import exported
+from solo_tf import images as images_lib
 from tests.export import fixtures
 from tests.export.conftest import TFLITE_SIZE
 
@@ -39,16 +40,14 @@ def flatbuffer_operators(path: str) -> list[tuple[str, str]]:
 
 
 def letterboxed(image: np.ndarray) -> np.ndarray:
-    padded, _ = exported.letterbox(image, TFLITE_SIZE, np.uint8)  # the files take uint8
+    padded, _ = images_lib.letterbox(image, TFLITE_SIZE, np.uint8)  # the files take uint8
     return padded[None]
 
 
 @pytest.fixture(scope="module")
 def keras_input_detect(source):
     """The Keras model + postprocess on an already letterboxed input (input pixels out)."""
-    detect = inference.make_detect_fn(
-        source.model, source.config, fixtures.LABEL_MAP.class_ids, output_size=TFLITE_SIZE
-    )
+    detect = source.detect_fn(output_size=TFLITE_SIZE)
     height, width = TFLITE_SIZE
     info = np.array([[[height, width], [height, width], [1, 1], [0, 0]]], np.float32)
 
@@ -219,10 +218,8 @@ def test_command_line_float32_input(model_dir, source, images, tmp_path):
     assert info["inputs"][0]["shape"] == [1, 96, 128, 3]
     assert info["inputs"][0]["dtype"] == "float32"
     predictor = exported.TFLitePredictor(str(out / "model_fp32.tflite"))
-    padded, _ = exported.letterbox(images[0], (96, 128))  # float pixels, not rounded
-    detect = inference.make_detect_fn(
-        source.model, source.config, fixtures.LABEL_MAP.class_ids, output_size=(96, 128)
-    )
+    padded, _ = images_lib.letterbox(images[0], (96, 128))  # float pixels, not rounded
+    detect = source.detect_fn(output_size=(96, 128))
     info = np.array([[[96, 128], [96, 128], [1, 1], [0, 0]]], np.float32)
     want = {k: v.numpy() for k, v in detect(tf.constant(padded[None]), info).items()}
     got = predictor.run(padded[None])
