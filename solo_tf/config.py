@@ -23,7 +23,11 @@ class ModelConfig:
     """The network: backbone, FPN and SOLO head."""
 
     num_classes: int = 80
-    backbone_depth: int = 50  # 18, 34, 50 or 101 (keras-cv ResNetBackbone, v1 blocks)
+    backbone_depth: int = 50  # 18, 34, 50 or 101
+    # torchvision: the authors' ResNet (stride on the 3x3, symmetric padding, BatchNorm eps
+    # 1e-5; ``solo_tf.modeling.resnet``), which the converted checkpoints need; keras_cv:
+    # keras-cv's ResNetBackbone (v1), for keras-cv presets.
+    backbone_type: Literal["torchvision", "keras_cv"] = "torchvision"
     # Stage widths; () means the standard (64, 128, 256, 512). Narrow ResNets train the
     # embedded dataset from scratch on a CPU.
     backbone_filters: tuple[int, ...] = ()
@@ -46,6 +50,9 @@ class ModelConfig:
     # head it is the initial value of the product sigmoid(X) * sigmoid(Y).
     mask_prior_prob: float = 0.01
     coord_conv: bool = True
+    # Decoupled head only: one mask tower (both coordinate channels) feeding the X and Y
+    # convs, as in the authors' Decoupled SOLO Light, instead of an X and a Y tower.
+    decoupled_shared_tower: bool = False
 
     @property
     def num_levels(self) -> int:
@@ -76,6 +83,9 @@ class TargetConfig:
     # Instance masks for the loss are stored at this stride of the padded input (the finest
     # mask stride of the head); coarser levels pool them.
     mask_stride: int = 4
+    # Who gets a cell two instances claim: "later" (the authors: instances are written in
+    # annotation order, the later overwrites) or "smaller" (the smaller mask area wins).
+    contested_cells: Literal["later", "smaller"] = "later"
 
 
 @dataclasses.dataclass(frozen=True)

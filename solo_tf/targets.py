@@ -23,8 +23,10 @@ Label assignment (``shared/DESIGN.md``, the authors' SOLO ``solo_target_single``
   ``top = max(0, floor((cy - hh) / H * S))``, ``bottom = min(S - 1, floor((cy + hh) / H * S))``,
   left/right alike, in float64 with that operation order; then clipped to the 3 x 3 cells
   around the centre cell. Every cell of [top..bottom] x [left..right] is positive.
-* Conflicts: when several instances claim a cell, the smallest by mask area wins; ties go to
-  the lower instance index.
+* Conflicts: when several instances claim a cell, ``contested_cells="later"`` (default, the
+  authors: their loop writes instances in annotation order, so the later overwrites) gives
+  it to the highest instance index; ``"smaller"`` to the smallest by mask area, ties to the
+  lower index.
 * ``instance_masks``: each mask downsampled to ``mask_stride`` by area average over the
   stride x stride block, 1 iff at least half the block is set (``2 * count >= stride^2``).
 """
@@ -73,8 +75,7 @@ def build_targets(
         )  # [N, H, W/stride]
         stats = _instance_stats(tf.reduce_sum(strips, axis=2), tf.reduce_sum(masks_i32, axis=1))
         used = tf.logical_and(tf.logical_not(is_crowd), stats["area"] > 0)  # [N]
-        # Conflict key: smaller area first, then lower index (index < n_max).
-        priority = stats["area"] * n_max + tf.range(num_instances, dtype=tf.int64)  # [N]
+        priority = _conflict_priority(stats["area"], n_max, config.contested_cells)  # [N]
         box_area = tf.cast(stats["h"] * stats["w"], tf.float64)  # [N]
 
         cate_levels, index_levels = [], []
@@ -94,6 +95,19 @@ def build_targets(
             "instance_masks": instance_masks,
             "num_instances": num_instances,
         }
+
+
+def _conflict_priority(area: tf.Tensor, n_max: int, rule: str) -> tf.Tensor:
+    """Key of each instance for contested cells, int64 [N]: the smallest key wins.
+
+    key = rank * n_max + index, so ``key % n_max`` gives the instance back (index < n_max).
+    """
+    index = tf.range(tf.shape(area)[0], dtype=tf.int64)  # [N]
+    if rule == "later":
+        return (n_max - 1 - index) * n_max + index
+    if rule == "smaller":
+        return area * n_max + index
+    raise ValueError(f"contested_cells must be 'later' or 'smaller', got {rule!r}")
 
 
 def _instance_stats(row_counts: tf.Tensor, col_counts: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -95,15 +95,31 @@ def test_regions_at_the_image_borders_are_clipped():
     assert _positives(out) == {L1 + 0: (3, 0), L1 + 15: (4, 1)}
 
 
+# A (index 0): rows/cols 32..63, 32 x 32, area 1024, both levels. cy = 47.5, hh = 3.2.
+#   Level 0: ci = 2; top = floor(44.3/16) = 2, bottom = floor(50.7/16) = 3 -> 18 19 26 27.
+#   Level 1: ci = 1; top = floor(44.3/32) = 1, bottom = floor(50.7/32) = 1 -> 64 + 5.
+# B (index 1): rows/cols 40..55, area 256, level 0 only. cy = 47.5, hh = 1.6:
+#   rows/cols floor(45.9/16) = 2 .. floor(49.1/16) = 3 -> the same 4 cells.
+# C (index 2): rows/cols 41..56, area 256 (as B). cy = 48.5: rows/cols
+#   floor(46.9/16) = 2 .. floor(50.1/16) = 3 -> the same 4 cells.
+CONTESTED = [_rect(32, 63, 32, 63), _rect(40, 55, 40, 55), _rect(41, 56, 41, 56)]
+
+
+def test_later_instance_wins_shared_cells_by_default():
+    # The authors write instances in annotation order: C, the last, overwrites A and B.
+    assert TINY.contested_cells == "later"
+    expected = {g: (2, 2) for g in (18, 19, 26, 27)}
+    expected[L1 + 5] = (0, 0)  # A alone on level 1
+    assert _positives(_run(CONTESTED, [0, 1, 2])) == expected
+    # Reversed order: A is last and takes every cell it claims.
+    out = _run(CONTESTED[::-1], [2, 1, 0])
+    assert _positives(out) == {**{g: (0, 2) for g in (18, 19, 26, 27)}, L1 + 5: (0, 2)}
+
+
 def test_smaller_instance_wins_shared_cells_and_ties_go_to_lower_index():
-    # A (index 0): rows/cols 32..63, 32 x 32, area 1024, both levels. cy = 47.5, hh = 3.2.
-    #   Level 0: ci = 2; top = floor(44.3/16) = 2, bottom = floor(50.7/16) = 3 -> 18 19 26 27.
-    #   Level 1: ci = 1; top = floor(44.3/32) = 1, bottom = floor(50.7/32) = 1 -> 64 + 5.
-    # B (index 1): rows/cols 40..55, area 256, level 0 only. cy = 47.5, hh = 1.6:
-    #   rows/cols floor(45.9/16) = 2 .. floor(49.1/16) = 3 -> the same 4 cells; B is smaller.
-    # C (index 2): rows/cols 41..56, area 256 (tie with B). cy = 48.5: rows/cols
-    #   floor(46.9/16) = 2 .. floor(50.1/16) = 3 -> same cells; the tie goes to B (lower index).
-    out = _run([_rect(32, 63, 32, 63), _rect(40, 55, 40, 55), _rect(41, 56, 41, 56)], [0, 1, 2])
+    # B is smaller than A; B and C tie on area and the tie goes to B (lower index).
+    smaller = dataclasses.replace(TINY, contested_cells="smaller")
+    out = _run(CONTESTED, [0, 1, 2], config=smaller)
     expected = {g: (1, 1) for g in (18, 19, 26, 27)}
     expected[L1 + 5] = (0, 0)
     assert _positives(out) == expected
@@ -175,7 +191,8 @@ def reference_targets(masks, classes, is_crowd, config, size):
             right = min(num_grid - 1, int(np.floor((cx + hw) / width * num_grid)), cj + 1)
             for i in range(top, bottom + 1):
                 for j in range(left, right + 1):
-                    if (i, j) not in best or (area, n) < best[(i, j)]:
+                    later = config.contested_cells == "later"
+                    if later or (i, j) not in best or (area, n) < best[(i, j)]:
                         best[(i, j)] = (area, n)
         cate = -np.ones(num_grid * num_grid, np.int32)
         index = -np.ones(num_grid * num_grid, np.int32)
@@ -229,11 +246,13 @@ def random_example(seed, size=RANDOM_SIZE):
     return masks, classes, is_crowd
 
 
+@pytest.mark.parametrize("rule", ["later", "smaller"])
 @pytest.mark.parametrize("seed", [*range(8), 23])
-def test_matches_loop_reference_on_random_inputs(seed):
+def test_matches_loop_reference_on_random_inputs(seed, rule):
     masks, classes, is_crowd = random_example(seed)
-    got = build_targets(masks, classes, is_crowd, RANDOM_CONFIG, RANDOM_SIZE)
-    want = reference_targets(masks, classes, is_crowd, RANDOM_CONFIG, RANDOM_SIZE)
+    config = dataclasses.replace(RANDOM_CONFIG, contested_cells=rule)
+    got = build_targets(masks, classes, is_crowd, config, RANDOM_SIZE)
+    want = reference_targets(masks, classes, is_crowd, config, RANDOM_SIZE)
     for key, value in want.items():
         np.testing.assert_array_equal(got[key].numpy(), value, err_msg=key)
 

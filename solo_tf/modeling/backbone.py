@@ -1,4 +1,6 @@
-"""ResNet backbone (keras-cv v1 blocks) returning a dict of pyramid levels P2-P5.
+"""The keras-cv ResNet backbone (v1 blocks, ``backbone_type="keras_cv"``): pyramid levels P2-P5.
+
+The default backbone is the torchvision-faithful one of ``solo_tf.modeling.resnet``.
 
 Shape letters: B batch, H W input height/width (multiples of 32).
 """
@@ -9,16 +11,14 @@ import os
 
 import keras
 import keras_cv
-from keras import ops
 
-# ImageNet statistics on [0, 255] RGB, as used by the authors' (torchvision-style) backbones.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-# input_normalization -> (mean, std) on [0, 255] RGB.
-NORMALIZATIONS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
-}
+from solo_tf.modeling.normalization import (  # noqa: F401  (IMAGENET_* re-exported)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    ImageNormalization,
+    check_normalization,
+)
 
 # depth -> (blocks per stage, block type) of keras-cv's ResNetBackbone (v1).
 RESNET_SPECS = {
@@ -32,27 +32,6 @@ STAGE_STRIDES = (1, 2, 2, 2)
 # Layer-name prefixes of the stem and the first stage in keras-cv's ResNetBackbone.
 STEM_AND_STAGE1_PREFIXES = ("conv1_", "pool1_", "v2_stack_0_")
 RESNET_FEATURES_NAME = "resnet_features"
-
-
-@keras.saving.register_keras_serializable(package="solo_tf")
-class ImageNormalization(keras.layers.Layer):
-    """(x - mean) / std per channel; computed in float32, returned in the compute dtype."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
-        super().__init__(**kwargs)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-
-    def call(self, images):  # [B, H, W, 3] -> [B, H, W, 3]
-        x = ops.cast(images, "float32")
-        x = (x - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)
-        return ops.cast(x, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 def build_keras_cv_resnet(depth: int, input_shape=(None, None, 3), filters=()) -> keras.Model:
@@ -99,11 +78,7 @@ class ResNetPyramidBackbone(keras.Model):
         input_normalization: str = "imagenet",
         **kwargs,
     ):
-        if input_normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"input_normalization must be one of {sorted(NORMALIZATIONS)}, "
-                f"got {input_normalization!r}"
-            )
+        check_normalization(input_normalization)
         if filters and len(filters) != len(STAGE_FILTERS):
             raise ValueError(f"backbone filters need 4 stage widths, got {filters}")
         resnet = build_keras_cv_resnet(depth, input_shape, tuple(filters))

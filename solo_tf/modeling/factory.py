@@ -11,10 +11,12 @@ from solo_tf.config import ModelConfig
 from solo_tf.modeling.backbone import ResNetPyramidBackbone, load_backbone_weights
 from solo_tf.modeling.decoupled_head import DecoupledSOLOHead
 from solo_tf.modeling.fpn import FPN
+from solo_tf.modeling.resnet import TorchvisionResNet, load_torchvision_weights
 from solo_tf.modeling.solo_head import SOLOHead
 from solo_tf.modeling.solo_model import SOLOModel
 
 HEADS = {"vanilla": SOLOHead, "decoupled": DecoupledSOLOHead}
+BACKBONES = {"torchvision": TorchvisionResNet, "keras_cv": ResNetPyramidBackbone}
 # Compute dtype (``export.saved_model --compute_dtype``) -> the Keras dtype policy.
 COMPUTE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
@@ -43,7 +45,11 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
     """
     if config.head_type not in HEADS:
         raise ValueError(f"head_type must be one of {sorted(HEADS)}, got {config.head_type!r}")
-    backbone = ResNetPyramidBackbone(
+    if config.backbone_type not in BACKBONES:
+        raise ValueError(
+            f"backbone_type must be one of {sorted(BACKBONES)}, got {config.backbone_type!r}"
+        )
+    backbone = BACKBONES[config.backbone_type](
         depth=config.backbone_depth,
         freeze_stem_and_stage1=config.freeze_stem_and_stage1,
         freeze_batchnorm=config.freeze_batchnorm,
@@ -52,6 +58,9 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         name="backbone",
     )
     fpn = FPN(channels=config.fpn_channels, name="fpn")
+    head_options = {}
+    if config.head_type == "decoupled":
+        head_options = {"shared_tower": config.decoupled_shared_tower}
     head = HEADS[config.head_type](
         config.num_classes,
         num_grids=config.num_grids,
@@ -63,6 +72,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         mask_prior_prob=config.mask_prior_prob,
         coord_conv=config.coord_conv,
         name="head",
+        **head_options,
     )
     model = SOLOModel(backbone, fpn, head, name=f"solo_{config.head_type}")
     if build:
@@ -71,5 +81,9 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
 
 
 def load_pretrained_backbone(model: SOLOModel, source: str) -> None:
-    """Loads pretrained ResNet weights into ``model.backbone`` (see ``load_backbone_weights``)."""
-    load_backbone_weights(model.backbone, source)
+    """Loads pretrained ResNet weights into ``model.backbone``: for the torchvision backbone see
+    ``resnet.load_torchvision_weights``, for keras-cv's ``backbone.load_backbone_weights``."""
+    if isinstance(model.backbone, TorchvisionResNet):
+        load_torchvision_weights(model.backbone, source)
+    else:
+        load_backbone_weights(model.backbone, source)
