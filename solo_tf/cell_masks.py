@@ -1,7 +1,13 @@
-"""Mask probabilities of chosen grid cells, for either SOLO head (shared by loss and inference).
+"""Mask probabilities of chosen grid cells, for every SOLO head (shared by loss and inference).
 
-Shape letters: B batch, S grid size of the level, Hm Wm mask size of the level, P chosen
-(image, cell) pairs. Pure TF with TFLite builtins only (GATHER, GATHER_ND, TRANSPOSE, ...).
+Shape letters: B batch, S grid size of the level, Hm Wm mask size of the level (SOLOv2: Hf Wf,
+stride 4 for every level), E SOLOv2 mask feature channels, P chosen (image, cell) pairs. Pure
+TF with TFLite builtins only (GATHER, GATHER_ND, TRANSPOSE, BATCH_MATMUL, ...).
+
+SOLOv2's mask of cell k is sigmoid(kernel_k . features): ``dynamic_mask_probs``, a matmul of
+the chosen cells' kernels with the image's mask features, is the one place that computes it
+(never a convolution with run-time weights, which TFLite built-ins, ONNX and TensorRT
+exporters cannot take).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import tensorflow as tf
 # With an unknown number of rows (the loss: positives found by tf.where) the transpose path is
 # used only for heads with few channels per level (decoupled: S <= 64).
 _DYNAMIC_TRANSPOSE_MAX_CHANNELS = 64
+HEAD_TYPES = ("vanilla", "decoupled", "solov2")
 
 
 def _gather_channels(logits, batch_index, channel_index):
@@ -48,8 +55,9 @@ def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid
       level: the level l (Python int).
       batch_index: int32 [P], image of each pair.
       cell_index: int32 [P], cell k = i * S + j of each pair (row i, column j).
-      head_type: "vanilla" (sigmoid of channel k) or "decoupled"
-        (sigmoid(X[..., j]) * sigmoid(Y[..., i])).
+      head_type: "vanilla" (sigmoid of channel k), "decoupled"
+        (sigmoid(X[..., j]) * sigmoid(Y[..., i])) or "solov2" (``dynamic_mask_probs`` of
+        cell k's kernel and image b's mask features).
       num_grid: S of the level (Python int).
 
     P may be 0 (the result is then [0, Hm, Wm]).
@@ -65,7 +73,62 @@ def cell_mask_probs(outputs, level, batch_index, cell_index, head_type, num_grid
         x_logits = _gather_channels(outputs[f"mask_x_logits_{level}"], batch_index, col)
         y_logits = _gather_channels(outputs[f"mask_y_logits_{level}"], batch_index, row)
         return tf.sigmoid(x_logits) * tf.sigmoid(y_logits)
-    raise ValueError(f"head_type must be 'vanilla' or 'decoupled', got {head_type!r}")
+    if head_type == "solov2":
+        kernels = tf.gather_nd(
+            level_kernels(outputs, level), tf.stack([batch_index, cell_index], 1)
+        )
+        return _dynamic_pairs(outputs["mask_features"], batch_index, kernels)
+    raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
+
+
+def level_kernels(outputs, level):
+    """SOLOv2's ``kernel_preds_{l}`` [B, S, S, E] -> [B, S^2, E], row k = i * S + j."""
+    kernels = outputs[f"kernel_preds_{level}"]
+    shape = tf.shape(kernels)
+    return tf.reshape(kernels, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
+
+
+def dynamic_mask_probs(mask_features, kernels):
+    """SOLOv2 masks: sigmoid(kernel . features) per image -> float32 [B, P, Hf, Wf].
+
+    Args:
+      mask_features: [B, Hf, Wf, E], the model's ``mask_features``.
+      kernels: [B, P, E], image b's P chosen cells' kernels (from ``kernel_preds_{l}``).
+
+    One batched matmul [B, P, E] x [B, E, Hf * Wf] in the features' dtype (the kernels are
+    cast to it), then float32 (float64 stays float64, for gradient checks).
+    """
+    shape = tf.shape(mask_features)
+    flat = tf.reshape(mask_features, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
+    logits = tf.matmul(tf.cast(kernels, flat.dtype), flat, transpose_b=True)  # [B, P, Hf*Wf]
+    logits = tf.reshape(logits, tf.stack([shape[0], -1, shape[1], shape[2]]))
+    return tf.sigmoid(_as_float(logits))
+
+
+def _dynamic_pairs(mask_features, batch_index, kernels):
+    """``dynamic_mask_probs`` of P (image, kernel) pairs: kernels [P, E] -> [P, Hf, Wf].
+
+    With a batch size known when tracing (training), each image's pairs are matched against
+    that image's features only and the results put back in pair order (P * Hf * Wf * E
+    multiply-adds, as the authors' per-image loop); otherwise every pair is matched against
+    every image and its own image picked (B times the work, same values).
+    """
+    batch = mask_features.shape[0]
+    if batch is None:
+        everyone = tf.broadcast_to(
+            kernels[None], tf.concat([tf.shape(mask_features)[:1], tf.shape(kernels)], 0)
+        )
+        probs = dynamic_mask_probs(mask_features, everyone)  # [B, P, Hf, Wf]
+        rows = tf.range(tf.shape(batch_index)[0])
+        return tf.gather_nd(probs, tf.stack([batch_index, rows], axis=1))  # [P, Hf, Wf]
+    positions, parts = [], []
+    for b in range(batch):
+        where = tf.cast(tf.where(tf.equal(batch_index, b))[:, 0], tf.int32)  # [P_b]
+        positions.append(where)
+        parts.append(
+            dynamic_mask_probs(mask_features[b : b + 1], tf.gather(kernels, where)[None])[0]
+        )
+    return tf.dynamic_stitch(positions, parts)  # [P, Hf, Wf]
 
 
 def _gather_channels_per_image(logits, cells):
@@ -112,7 +175,7 @@ def batched_cell_mask_probs(outputs, level, cells, head_type, num_grid):
 
     For the vanilla head, ``outputs`` may hold either ``mask_logits_{l}`` or the lazy
     outputs of ``SOLOHead.lazy_mask_outputs`` (``mask_features_{l}``, ``mask_kernel_{l}``,
-    ``mask_bias_{l}``)."""
+    ``mask_bias_{l}``). For SOLOv2 only the P cells' masks are computed."""
     cells = tf.cast(cells, tf.int32)
     if head_type == "vanilla":
         if f"mask_features_{level}" in outputs:
@@ -124,4 +187,7 @@ def batched_cell_mask_probs(outputs, level, cells, head_type, num_grid):
         x_logits = _gather_channels_per_image(outputs[f"mask_x_logits_{level}"], col)
         y_logits = _gather_channels_per_image(outputs[f"mask_y_logits_{level}"], row)
         return tf.sigmoid(x_logits) * tf.sigmoid(y_logits)
-    raise ValueError(f"head_type must be 'vanilla' or 'decoupled', got {head_type!r}")
+    if head_type == "solov2":
+        kernels = tf.gather(level_kernels(outputs, level), cells, axis=1, batch_dims=1)
+        return dynamic_mask_probs(outputs["mask_features"], kernels)  # [B, P, Hf, Wf]
+    raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")

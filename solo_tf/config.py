@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-HeadType = Literal["vanilla", "decoupled"]
+HeadType = Literal["vanilla", "decoupled", "solov2"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,8 @@ class ModelConfig:
     freeze_batchnorm: bool = True  # BatchNorm in inference mode, as in the reference
     fpn_channels: int = 256
     head_type: HeadType = "vanilla"
+    # Width and depth of each head tower (SOLOv2: the kernel and category towers, the authors'
+    # seg_feat_channels and stacked_convs: 512 x 4, Light 256 x 2).
     head_channels: int = 256
     stacked_convs: int = 7
     norm_groups: int = 32
@@ -53,6 +55,11 @@ class ModelConfig:
     # Decoupled head only: one mask tower (both coordinate channels) feeding the X and Y
     # convs, as in the authors' Decoupled SOLO Light, instead of an X and a Y tower.
     decoupled_shared_tower: bool = False
+    # SOLOv2 only: E, the channels of the stride-4 mask features and of each cell's dynamic
+    # kernel (the authors' ins_out_channels: 256, Light 128), and the width of the mask
+    # feature branch's per-level convs (the authors: 128).
+    mask_feature_channels: int = 256
+    mask_feature_mid: int = 128
 
     @property
     def num_levels(self) -> int:
@@ -60,7 +67,13 @@ class ModelConfig:
 
     @property
     def mask_strides(self) -> tuple[int, ...]:
-        """Stride of each level's mask prediction: the head upsamples its features by 2."""
+        """Stride of each level's mask prediction.
+
+        SOLO heads upsample each level's features by 2 (strides / 2: 4, 4, 8, 16, 16);
+        SOLOv2 predicts every level's masks on the one stride-4 mask feature map.
+        """
+        if self.head_type == "solov2":
+            return tuple(4 for _ in self.strides)
         return tuple(s // 2 for s in self.strides)
 
 

@@ -15,7 +15,10 @@ positives gives L_mask == 0 exactly.
 
 Mask targets: ``instance_masks`` are stored at the finest mask stride (4). A level whose mask
 stride is f times coarser averages each f x f block of the 0/1 mask and thresholds the
-average at 0.5, giving binary targets like the authors' rescaling of 0/1 masks.
+average at 0.5, giving binary targets like the authors' rescaling of 0/1 masks. SOLOv2
+predicts every level's masks at stride 4 (``ModelConfig.mask_strides``), so its Dice loss
+takes the stride-4 instance masks as they are, at every level. Each positive cell's mask
+comes from ``solo_tf.cell_masks.cell_mask_probs``, the function post-processing uses too.
 """
 
 from __future__ import annotations

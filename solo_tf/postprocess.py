@@ -23,7 +23,9 @@ The steps follow the authors' SOLO test pipeline (``get_seg_single``):
    ``sigmoid(logits)``; for the decoupled head the product sigmoid(X) * sigmoid(Y) is formed at
    the level's stride, then upsampled (the authors upsample each factor first; the two differ
    only by second-order interpolation terms). Levels are handled one at a time over all
-   candidates with clipped cell indices and merged with a select on the candidate's level;
+   candidates with clipped cell indices and merged with a select on the candidate's level.
+   SOLOv2 (every level at stride 4): each candidate's kernel is gathered from its own level
+   and one matmul with the mask features gives the P masks (``dynamic_mask_probs``);
 4. binary mask = prob > ``mask_threshold``; candidates whose binary area (in stride-4 pixels)
    is not above their level's stride (``ModelConfig.strides``) are dropped;
 5. score *= maskness = sum(prob * binary) / sum(binary); sorted descending;
@@ -48,7 +50,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from solo_tf.cell_masks import batched_cell_mask_probs
+from solo_tf.cell_masks import batched_cell_mask_probs, dynamic_mask_probs, level_kernels
 from solo_tf.config import ModelConfig, PostprocessConfig
 from solo_tf.matrix_nms import mask_nms, matrix_nms
 
@@ -196,6 +198,8 @@ def _candidate_mask_probs(outputs, cands, model_config) -> tf.Tensor:
     mask stride are merged by a select at that stride, then upsampled once to the finest
     stride, where the stride groups are merged by a last select.
     """
+    if model_config.head_type == "solov2":
+        return _dynamic_candidate_probs(outputs, cands, model_config)
     strides = model_config.mask_strides
     fine_size = _mask_size(outputs, strides.index(min(strides)), model_config.head_type)
     levels = cands["levels"][..., None, None]  # [B, P, 1, 1]
@@ -218,6 +222,20 @@ def _candidate_mask_probs(outputs, cands, model_config) -> tf.Tensor:
         in_group = tf.reduce_any(tf.equal(levels[..., None], group), axis=-1)
         probs = _select(in_group, group_probs, probs)
     return probs  # [B, P, Hf, Wf]
+
+
+def _dynamic_candidate_probs(outputs, cands, model_config) -> tf.Tensor:
+    """SOLOv2: float32 [B, P, Hf, Wf], each candidate's kernel from its own level (one gather
+    from the levels' kernels concatenated, [B, G, E]) matched with the mask features."""
+    kernels = tf.concat(
+        [level_kernels(outputs, level) for level in range(model_config.num_levels)], axis=1
+    )  # [B, G, E]
+    starts = [0]
+    for num_grid in model_config.num_grids[:-1]:
+        starts.append(starts[-1] + num_grid * num_grid)
+    cells = tf.gather(tf.constant(starts, tf.int32), cands["levels"]) + cands["cells"]  # [B, P]
+    kernels = tf.gather(kernels, cells, axis=1, batch_dims=1)  # [B, P, E]
+    return dynamic_mask_probs(outputs["mask_features"], kernels)
 
 
 def _select(condition, new, old):

@@ -1,4 +1,6 @@
-"""cell_mask_probs: exact values for both heads, both gather paths, P = 0, graph and TFLite."""
+"""cell_mask_probs: exact values for every head, both gather paths, P = 0, graph and TFLite;
+SOLOv2's dynamic masks by hand and, from a tiny model's outputs, as the loss and the
+post-processing see them."""
 
 import numpy as np
 import pytest
@@ -25,6 +27,22 @@ def _decoupled_outputs(seed=0):
     return {
         f"mask_{axis}_logits_1": rng.normal(size=(B, HM, WM, S)).astype(np.float32) for axis in "xy"
     }
+
+
+E = 3  # SOLOv2 mask feature channels
+
+
+def _solov2_outputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "kernel_preds_1": rng.normal(size=(B, S, S, E)).astype(np.float32),
+        "mask_features": rng.normal(size=(B, HM, WM, E)).astype(np.float32),
+    }
+
+
+def _outputs(head_type, seed=0):
+    make = {"vanilla": _vanilla_outputs, "decoupled": _decoupled_outputs, "solov2": _solov2_outputs}
+    return make[head_type](seed)
 
 
 PAIRS = (np.array([1, 0, 1, 0], np.int32), np.array([0, 4, 8, 5], np.int32))
@@ -63,9 +81,9 @@ def test_both_gather_paths_agree(head_type, monkeypatch):
     np.testing.assert_array_equal(results[0], results[1])
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_no_pairs_gives_empty_result_in_graph(head_type):
-    outputs = _vanilla_outputs() if head_type == "vanilla" else _decoupled_outputs()
+    outputs = _outputs(head_type)
 
     @tf.function
     def positives_of(mask):  # P comes from tf.where, as in the loss
@@ -87,7 +105,7 @@ def test_low_precision_logits_give_float32():
 def test_converts_to_tflite_builtins(head_type):
     from ai_edge_litert.interpreter import Interpreter
 
-    outputs = _vanilla_outputs() if head_type == "vanilla" else _decoupled_outputs()
+    outputs = _outputs(head_type)
     keys = sorted(outputs)
     specs = [tf.TensorSpec(outputs[k].shape, tf.float32, name=k) for k in keys]
     specs += [tf.TensorSpec([4], tf.int32, name="b"), tf.TensorSpec([4], tf.int32, name="k")]
@@ -146,3 +164,159 @@ def test_lazy_vanilla_in_graph_with_unknown_batch():
     got = fn(lazy, cells).numpy()
     want = _sigmoid(np.take_along_axis(logits, cells[:, None, None, :], axis=3))
     np.testing.assert_allclose(got, np.transpose(want, [0, 3, 1, 2]), atol=1e-6)
+
+
+# --- SOLOv2: dynamic kernels ------------------------------------------------------------------
+
+
+def test_hand_worked_dynamic_kernel_mask():
+    # Features of a 2 x 2 map with E = 2, one cell's kernel (2, -1):
+    # logits (1, 0).(2, -1) = 2, (0, 1) -> -1, (1, 1) -> 1, (2, -1) -> 5.
+    features = np.array([[[[1, 0], [0, 1]], [[1, 1], [2, -1]]]], np.float32)  # [1, 2, 2, 2]
+    kernels = np.array([[[2, -1], [0, 0]]], np.float32)  # [1, P = 2, 2]: the second is zero
+    probs = cell_masks.dynamic_mask_probs(features, kernels).numpy()
+    assert probs.shape == (1, 2, 2, 2) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0, 0], _sigmoid(np.array([[2.0, -1.0], [1.0, 5.0]])), 1e-6)
+    np.testing.assert_array_equal(probs[0, 1], np.full((2, 2), 0.5, np.float32))
+    # The same kernel as cell (1, 0) of a 2 x 2 grid, through both entry points.
+    grid = np.zeros((1, 2, 2, 2), np.float32)
+    grid[0, 1, 0] = [2, -1]
+    outputs = {"kernel_preds_0": grid, "mask_features": features}
+    by_pair = cell_mask_probs(outputs, 0, [0], [2], "solov2", 2).numpy()
+    by_image = cell_masks.batched_cell_mask_probs(outputs, 0, [[2, 3]], "solov2", 2).numpy()
+    np.testing.assert_allclose(by_pair[0], probs[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(by_image[0], probs[0], rtol=1e-6)
+
+
+def _dynamic_reference(outputs, level, b, k):
+    """sigmoid(kernel . features) of cell k of image b, in NumPy (float64)."""
+    kernel = outputs[f"kernel_preds_{level}"][b].reshape(-1, outputs["mask_features"].shape[-1])
+    return _sigmoid(np.einsum("hwe,e->hw", outputs["mask_features"][b], kernel[k]))
+
+
+def test_solov2_pairs_per_image_and_unknown_batch_paths():
+    outputs = _solov2_outputs(seed=5)
+    expected = [_dynamic_reference(outputs, 1, b, k) for b, k in zip(*PAIRS, strict=True)]
+    static = cell_mask_probs(outputs, 1, *PAIRS, "solov2", S).numpy()  # B known: per image
+    spec = {k: tf.TensorSpec([None, *v.shape[1:]], tf.float32) for k, v in outputs.items()}
+    unknown = tf.function(
+        lambda o, b, k: cell_mask_probs(o, 1, b, k, "solov2", S),
+        input_signature=[spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
+    )(outputs, *PAIRS).numpy()  # B unknown: every pair against every image
+    for got in (static, unknown):
+        assert got.shape == (4, HM, WM)
+        np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_solov2_batched_converts_to_tflite_builtins():
+    from ai_edge_litert.interpreter import Interpreter
+
+    outputs = _solov2_outputs(seed=6)
+    cells = np.array([[8, 0, 3], [1, 1, 7]], np.int32)
+    keys = sorted(outputs)
+    specs = [tf.TensorSpec(outputs[k].shape, tf.float32, name=k) for k in keys]
+
+    @tf.function(input_signature=[*specs, tf.TensorSpec(cells.shape, tf.int32, name="cells")])
+    def serve(*args):
+        named = dict(zip(keys, args[:-1], strict=True))
+        return {"probs": cell_masks.batched_cell_mask_probs(named, 1, args[-1], "solov2", S)}
+
+    module = tf.Module()
+    module.serve = serve
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], module
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    op_names = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "BATCH_MATMUL" in op_names and "CONV_2D" not in op_names
+    lite = interpreter.get_signature_runner()(**outputs, cells=cells)["probs"]
+    for b in range(B):
+        for p, k in enumerate(cells[b]):
+            np.testing.assert_allclose(lite[b, p], _dynamic_reference(outputs, 1, b, k), atol=1e-6)
+
+
+def test_solov2_dice_gradient_matches_finite_differences():
+    from solo_tf.losses import dice_loss
+
+    outputs = {k: tf.constant(v, tf.float64) for k, v in _solov2_outputs(seed=7).items()}
+    targets = tf.constant(np.random.default_rng(8).integers(0, 2, (4, HM, WM)), tf.float64)
+
+    def loss_of(name):
+        @tf.function  # traced once, called twice per element by the finite differences
+        def fn(x):
+            probs = cell_mask_probs({**outputs, name: x}, 1, *PAIRS, "solov2", S)
+            return tf.reduce_sum(dice_loss(probs, targets))
+
+        return fn
+
+    for name in ("kernel_preds_1", "mask_features"):
+        theoretical, numerical = tf.test.compute_gradient(loss_of(name), [outputs[name]], 1e-6)
+        assert np.abs(theoretical[0] - numerical[0]).max() < 1e-7
+
+
+@pytest.fixture(scope="module")
+def solov2_tiny():
+    """A tiny SOLOv2 (64 x 64 inputs, E = 8) and its outputs for two images, float64 copies."""
+    from solo_tf.modeling.factory import build_model
+    from tests.modeling.tiny import tiny_config
+
+    config = tiny_config(head_type="solov2", mask_feature_channels=8, mask_feature_mid=8)
+    model = build_model(config)
+    rng = np.random.default_rng(9)
+    kernel = model.head.kernel_conv.kernel
+    kernel.assign(rng.normal(0, 0.5, kernel.shape))  # masks far from 0.5 everywhere
+    images = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    outputs = {k: v.numpy() for k, v in model(images).items()}
+    return config, outputs
+
+
+def test_loss_and_postprocess_see_sigmoid_of_kernel_dot_features(solov2_tiny, monkeypatch):
+    from solo_tf import losses, postprocess
+    from solo_tf.config import LossConfig, PostprocessConfig
+
+    config, outputs = solov2_tiny
+    seen = []
+    dice = losses.dice_loss
+    monkeypatch.setattr(losses, "dice_loss", lambda p, t: (seen.append(p.numpy()), dice(p, t))[1])
+    grids, g = config.num_grids, sum(s * s for s in config.num_grids)
+    cells = [(0, 0, 5), (1, 0, 63), (1, 1, 7), (0, 3, 8), (1, 4, 2)]  # (image, level, cell)
+    cate, index = np.full((2, g), -1, np.int32), np.full((2, g), -1, np.int32)
+    for b, level, k in cells:
+        offset = sum(s * s for s in grids[:level]) + k
+        cate[b, offset], index[b, offset] = 1, 0
+    targets = {"cate_targets": cate, "mask_indices": index}
+    targets["instance_masks"] = np.ones((2, 1, 16, 16), np.uint8)
+    losses.solo_loss(outputs, targets, config, LossConfig())
+    seen = [probs for probs in seen if len(probs)]  # one entry per level with positives
+    assert [len(probs) for probs in seen] == [2, 1, 1, 1]
+    by_level = {0: [(0, 5), (1, 63)], 1: [(1, 7)], 3: [(0, 8)], 4: [(1, 2)]}
+    for probs, (level, pairs) in zip(seen, by_level.items(), strict=True):
+        for row, (b, k) in enumerate(pairs):
+            expected = _dynamic_reference(outputs, level, b, k)
+            np.testing.assert_allclose(probs[row], expected, rtol=1e-5, atol=1e-6)
+
+    captured = {}
+    rescore = postprocess._rescore
+    monkeypatch.setattr(
+        postprocess,
+        "_rescore",
+        lambda probs, cands, *a: (
+            captured.update(probs=probs, cands=cands),
+            rescore(probs, cands, *a),
+        )[1],
+    )
+    post = PostprocessConfig(score_threshold=0.0, nms_pre=60)
+    postprocess.postprocess(
+        outputs,
+        np.tile([[[64, 64], [64, 64], [1, 1], [0, 0]]], (2, 1, 1)).astype(np.float32),
+        config,
+        post,
+        np.arange(3),
+    )
+    probs, cands = captured["probs"].numpy(), {k: v.numpy() for k, v in captured["cands"].items()}
+    assert probs.shape == (2, 60, 16, 16) and set(cands["levels"].ravel()) == {0, 1, 2, 3, 4}
+    for b in range(2):
+        for p in range(60):
+            expected = _dynamic_reference(outputs, cands["levels"][b, p], b, cands["cells"][b, p])
+            np.testing.assert_allclose(probs[b, p], expected, rtol=1e-5, atol=1e-6)

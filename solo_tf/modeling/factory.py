@@ -14,8 +14,9 @@ from solo_tf.modeling.fpn import FPN
 from solo_tf.modeling.resnet import TorchvisionResNet, load_torchvision_weights
 from solo_tf.modeling.solo_head import SOLOHead
 from solo_tf.modeling.solo_model import SOLOModel
+from solo_tf.modeling.solov2_head import SOLOv2Head
 
-HEADS = {"vanilla": SOLOHead, "decoupled": DecoupledSOLOHead}
+HEADS = {"vanilla": SOLOHead, "decoupled": DecoupledSOLOHead, "solov2": SOLOv2Head}
 BACKBONES = {"torchvision": TorchvisionResNet, "keras_cv": ResNetPyramidBackbone}
 # Compute dtype (``export.saved_model --compute_dtype``) -> the Keras dtype policy.
 COMPUTE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -61,6 +62,12 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
     head_options = {}
     if config.head_type == "decoupled":
         head_options = {"shared_tower": config.decoupled_shared_tower}
+    extra = {}
+    if config.head_type == "solov2":
+        extra = {
+            "mask_feature_channels": config.mask_feature_channels,
+            "mask_feature_mid": config.mask_feature_mid,
+        }
     head = HEADS[config.head_type](
         config.num_classes,
         num_grids=config.num_grids,
@@ -73,6 +80,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         coord_conv=config.coord_conv,
         name="head",
         **head_options,
+        **extra,
     )
     model = SOLOModel(backbone, fpn, head, name=f"solo_{config.head_type}")
     if build:
