@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/input_pipeline.py [--runs 5] [--batches 10] [--write]
 
-Measures images/s and process CPU ms per image of ``build_train_dataset`` (random short side,
+Measures images/s and process CPU ms per image of ``inputs.train_dataset`` (random short side,
 flip, resize, pad, ``build_targets`` with the default grids) and of ``build_eval_dataset``
 (resize and pad only) on synthetic decoded examples held in memory, so the number is the
 augmentation and target cost alone, not the file reading and decoding. Two presets:
@@ -24,6 +24,7 @@ About a minute on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -37,8 +38,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.docs_section import replace_section  # noqa: E402
 from solo_tf.config import DataConfig, TargetConfig  # noqa: E402
+from solo_tf.data import (
+    inputs,  # noqa: E402
+    shapes,  # noqa: E402
+)
 from solo_tf.data.coco import EXAMPLE_SPEC  # noqa: E402
-from solo_tf.data.pipeline import build_eval_dataset, build_train_dataset  # noqa: E402
+from solo_tf.data.pipeline import build_eval_dataset  # noqa: E402
 
 PRESETS = {
     "shapes": DataConfig(
@@ -115,28 +120,29 @@ def _row(preset: str, name: str, batch: int, result: dict) -> dict:
     return {"preset": preset, "pipeline": name, "batch": batch, **result}
 
 
-def shapes_files_dataset(work_dir: str) -> tf.data.Dataset:
-    """The embedded shapes dataset read from PNG + COCO JSON by ``CocoReader``."""
-    from solo_tf.data import shapes
-    from solo_tf.data.coco import CocoReader
-
+def shapes_files_config(work_dir: str) -> DataConfig:
+    """The shapes preset reading the embedded dataset from PNG + COCO JSON, as training does."""
     paths = shapes.generate(work_dir, num_train=NUM_EXAMPLES, num_val=0, seed=0)
-    return CocoReader(paths["train_annotations"], paths["train_images"]).dataset()
+    return dataclasses.replace(
+        PRESETS["shapes"],
+        train_annotations=paths["train_annotations"],
+        train_images=paths["train_images"],
+    )
 
 
 def measure(runs: int, batches: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as work_dir:
         batch = BATCH["shapes"]
-        train = build_train_dataset(
-            shapes_files_dataset(work_dir), PRESETS["shapes"], TargetConfig(), batch
-        )
+        config = shapes_files_config(work_dir)
+        source = inputs.open_source(config, "train")
+        train = inputs.train_dataset(source, config, TargetConfig(), batch)
         result = throughput(train, batch, runs, batches)
         rows.append(_row("shapes", "train, from PNG files", batch, result))
     for preset, config in PRESETS.items():
         decoded = decoded_dataset(preset)
         batch = BATCH[preset]
-        train = build_train_dataset(decoded, config, TargetConfig(), batch)
+        train = inputs.train_dataset(inputs.from_examples(decoded), config, TargetConfig(), batch)
         # The eval pipeline runs one pass: repeat it so it never ends mid-measurement.
         evaluation = build_eval_dataset(decoded.repeat(), config, batch)
         pipelines = (("train, in memory", train), ("eval, in memory", evaluation))
@@ -151,7 +157,7 @@ def markdown(rows: list[dict], runs: int, batches: int) -> str:
     lines = [
         SECTION,
         "",
-        "`benchmarks/input_pipeline.py`: images/s of `build_train_dataset` (random short side,",
+        "`benchmarks/input_pipeline.py`: images/s of `inputs.train_dataset` (random short side,",
         "flip, resize, pad and `build_targets`, default grids (40, 36, 24, 16, 12)) and of",
         "`build_eval_dataset` (resize and pad). *In memory*: synthetic decoded examples cached,",
         "so reading and decoding are excluded; *from PNG files*: the shapes dataset through",

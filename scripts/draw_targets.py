@@ -26,9 +26,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from solo_tf.config import DataConfig, TargetConfig  # noqa: E402
-from solo_tf.data import shapes  # noqa: E402
-from solo_tf.data.coco import CocoReader  # noqa: E402
-from solo_tf.data.pipeline import build_train_dataset  # noqa: E402
+from solo_tf.data import (
+    inputs,  # noqa: E402
+    shapes,  # noqa: E402
+)
 
 # The shapes preset (images 256-512 px a side): short side 320..448, padded to 512 x 512.
 SHAPES_DATA = DataConfig(
@@ -44,10 +45,17 @@ SHAPES_DATA = DataConfig(
 def load_batches(num_images: int, seed: int, work_dir: str) -> list[dict]:
     """``num_images`` training elements (batch 1) of freshly generated shapes images."""
     paths = shapes.generate(work_dir, num_train=num_images, num_val=0, seed=seed)
-    reader = CocoReader(paths["train_annotations"], paths["train_images"])
-    config = DataConfig(**{**SHAPES_DATA.__dict__, "seed": seed})
-    dataset = build_train_dataset(
-        reader.dataset(), config, TargetConfig(), batch_size=1, shuffle=False, repeat=False
+    config = DataConfig(
+        **{
+            **SHAPES_DATA.__dict__,
+            "seed": seed,
+            "train_annotations": paths["train_annotations"],
+            "train_images": paths["train_images"],
+        }
+    )
+    source = inputs.open_source(config, "train")
+    dataset = inputs.train_dataset(
+        source, config, TargetConfig(), batch_size=1, shuffle=False, repeat=False
     )
     return [{k: _numpy(v) for k, v in b.items()} for b in dataset.take(num_images)]
 

@@ -21,34 +21,53 @@ from solo_tf.data.label_map import LabelMap
 
 @dataclasses.dataclass
 class Source:
-    """One split of a dataset: its label map, size and a decoder."""
+    """One split of a dataset: its label map, its size and where its examples come from.
+
+    Exactly one of ``reader`` (COCO JSON + image folder: images are decoded after the
+    shuffle, by index), ``tfrecord_pattern`` (Model Garden TFRecords) and ``examples`` (a
+    dataset of decoded examples, e.g. in memory) is set.
+    """
 
     label_map: LabelMap
     num_images: int
-    reader: coco.CocoReader | None = None  # JSON sources
-    tfrecord_pattern: str = ""  # TFRecord sources
+    reader: coco.CocoReader | None = None
+    tfrecord_pattern: str = ""
     annotation_file: str = ""  # ground truth for COCO evaluation, when known
+    examples: tf.data.Dataset | None = None
+    bad_sample_policy: str = "error"
 
-    def positioned_examples(self, seed: int, parallel_calls, deterministic):
-        """Endless ``(position, example)`` stream, reshuffled each epoch with ``seed``.
+    def _decoded(self, parallel_calls, deterministic) -> tf.data.Dataset:
+        if self.examples is not None:
+            return self.examples
+        return tfrecord.read_tfrecords(
+            self.tfrecord_pattern,
+            self.label_map,
+            parallel_calls=parallel_calls,
+            deterministic=deterministic,
+            skip_corrupt_records=self.bad_sample_policy == "skip",
+        )
 
-        ``position`` counts elements of the stream before decoding; sharding and skipping
-        act on it before any image is decoded (JSON sources).
-        """
-        if self.reader is None:
-            examples = tfrecord.read_tfrecords(
-                self.tfrecord_pattern,
-                self.label_map,
-                parallel_calls=parallel_calls,
-                deterministic=deterministic,
-            )
-            return examples.shuffle(1000, seed=seed).repeat().enumerate()
-        n = self.num_images
-        indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return indices.repeat().enumerate()
+    def positioned_examples(
+        self, seed, shuffle_buffer: int, parallel_calls, deterministic, shuffle=True, repeat=True
+    ) -> tf.data.Dataset:
+        """``(position, element)`` stream: reshuffled each epoch with ``seed`` in a buffer of
+        ``shuffle_buffer``, repeated. For JSON sources the element is an image index (decoded
+        by ``decode`` after sharding and skipping, which is why both cost nothing there);
+        otherwise it is the decoded example. ``position`` counts elements of the stream."""
+        if self.reader is not None:
+            stream = tf.data.Dataset.range(self.num_images)
+            buffer = min(shuffle_buffer, self.num_images)
+        else:
+            stream = self._decoded(parallel_calls, deterministic)
+            buffer = shuffle_buffer
+        if shuffle:
+            stream = stream.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            stream = stream.repeat()
+        return stream.enumerate()
 
     def decode(self, stream: tf.data.Dataset, parallel_calls, deterministic):
-        """Decodes a ``(position, index)`` stream from ``positioned_examples``."""
+        """Decodes a ``(position, index)`` stream of ``positioned_examples`` (JSON sources)."""
         if self.reader is None:
             return stream
         reader = self.reader
@@ -66,12 +85,7 @@ class Source:
         """Every image once, in dataset order."""
         if self.reader is not None:
             return self.reader.dataset(parallel_calls=parallel_calls, deterministic=True)
-        return tfrecord.read_tfrecords(
-            self.tfrecord_pattern,
-            self.label_map,
-            parallel_calls=parallel_calls,
-            deterministic=True,
-        )
+        return self._decoded(parallel_calls, True)
 
 
 def _is_valid(position, example, valid):
@@ -82,28 +96,48 @@ def _drop_valid(position, example, valid):
     return position, example
 
 
+def from_examples(examples: tf.data.Dataset, label_map: LabelMap | None = None, **kwargs):
+    """A ``Source`` of a dataset of decoded examples (tests, in-memory benchmarks)."""
+    label_map = label_map or LabelMap(ids=(), names=())
+    count = int(examples.cardinality())
+    return Source(label_map, max(count, 0), examples=examples, **kwargs)
+
+
 def open_source(data: cfg.DataConfig, split: str) -> Source:
     """The ``train`` or ``val`` split named by the config (TFRecords win over JSON)."""
     pattern = data.train_tfrecords if split == "train" else data.val_tfrecords
     annotations = data.train_annotations if split == "train" else data.val_annotations
     images = data.train_images if split == "train" else data.val_images
+    policy = data.bad_sample_policy
     if pattern:
-        files = tf.io.gfile.glob(pattern)
+        files = sorted(tf.io.gfile.glob(pattern))
         if not files:
             raise FileNotFoundError(f"--{split}_tfrecords {pattern!r} matches no file")
         prefix = pattern.split("*")[0].rsplit("-", 1)[0]
         label_map = LabelMap.from_json(tfrecord.label_map_path(_label_prefix(prefix)))
-        count = sum(1 for _ in tf.data.TFRecordDataset(files))
-        return Source(label_map, count, tfrecord_pattern=pattern, annotation_file=annotations)
+        count = sum(tfrecord.count_records(f, policy) for f in files)
+        return Source(
+            label_map,
+            count,
+            tfrecord_pattern=pattern,
+            annotation_file=annotations,
+            bad_sample_policy=policy,
+        )
     if not annotations:
         raise ValueError(f"no {split} data: set --{split}_annotations or --{split}_tfrecords")
     reader = coco.CocoReader(
         annotations,
         images,
         skip_empty=(split == "train" and data.skip_empty),
-        bad_sample_policy=data.bad_sample_policy,
+        bad_sample_policy=policy,
     )
-    return Source(reader.label_map, reader.num_images, reader=reader, annotation_file=annotations)
+    return Source(
+        reader.label_map,
+        reader.num_images,
+        reader=reader,
+        annotation_file=annotations,
+        bad_sample_policy=policy,
+    )
 
 
 def _label_prefix(prefix: str) -> str:
@@ -113,27 +147,70 @@ def _label_prefix(prefix: str) -> str:
     return prefix
 
 
+def base_seed(data: cfg.DataConfig) -> int:
+    """The seed of the shuffle and the augmentation: ``data.seed`` in deterministic mode,
+    else drawn once."""
+    return data.seed if data.deterministic else random.SystemRandom().randrange(2**31)
+
+
+def train_dataset(
+    source: Source,
+    data: cfg.DataConfig,
+    targets: cfg.TargetConfig,
+    batch_size: int,
+    *,
+    input_context: tf.distribute.InputContext | None = None,
+    skip_elements: int = 0,
+    seed: int | None = None,
+    shuffle: bool = True,
+    repeat: bool = True,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
+    """The one training pipeline: batched inputs and targets (``pipeline`` module doc).
+
+    Shuffles (``data.shuffle_buffer``, seeded), repeats, shards by ``input_context``, skips
+    ``skip_elements`` of this pipeline's stream (resume), decodes, augments and builds
+    targets (``pipeline.make_train_map_fn``), drops bad samples under
+    ``data.bad_sample_policy="skip"`` and images without positives under ``skip_empty``.
+    ``seed``: the shuffle and augmentation seed (default ``base_seed(data)``).
+    """
+    seed = base_seed(data) if seed is None else seed
+    parallel = tf.data.AUTOTUNE if data.parallel_calls < 0 else data.parallel_calls
+    deterministic = True if data.deterministic else None
+    stream = source.positioned_examples(
+        seed, data.shuffle_buffer, parallel, deterministic, shuffle=shuffle, repeat=repeat
+    )
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    stream = stream.skip(skip_elements)
+    decoded = source.decode(stream, parallel, deterministic)
+    map_fn = pipeline.make_train_map_fn(data, targets, seed)
+    dataset = decoded.map(map_fn, num_parallel_calls=parallel, deterministic=deterministic)
+    if data.bad_sample_policy == "skip":
+        dataset = dataset.ignore_errors(log_warning=True)
+    if data.skip_empty:
+        dataset = dataset.filter(pipeline.has_positives)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def train_input_fn(config: cfg.SOLOConfig, source: Source, start_step: int = 0):
-    """``fn(input_context) -> dataset`` for ``distribute_datasets_from_function``."""
-    data = config.data
+    """``fn(input_context) -> dataset`` for ``distribute_datasets_from_function``: the
+    ``train_dataset`` of each input pipeline, resumed at ``start_step``."""
     global_batch = config.train.global_batch_size
-    base_seed = data.seed if data.deterministic else random.SystemRandom().randrange(2**31)
+    seed = base_seed(config.data)
 
     def input_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch = ctx.get_per_replica_batch_size(global_batch)
         per_pipeline = global_batch // ctx.num_input_pipelines
-        parallel = tf.data.AUTOTUNE if data.parallel_calls < 0 else data.parallel_calls
-        deterministic = True if data.deterministic else None
-        stream = source.positioned_examples(base_seed, parallel, deterministic)
-        stream = stream.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        stream = stream.skip(start_step * per_pipeline)
-        decoded = source.decode(stream, parallel, deterministic)
-        map_fn = pipeline.make_train_map_fn(data, config.targets, base_seed)
-        dataset = decoded.map(map_fn, num_parallel_calls=parallel, deterministic=deterministic)
-        if data.skip_empty:
-            dataset = dataset.filter(pipeline.has_positives)
-        dataset = dataset.batch(batch, drop_remainder=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return train_dataset(
+            source,
+            config.data,
+            config.targets,
+            ctx.get_per_replica_batch_size(global_batch),
+            input_context=ctx,
+            skip_elements=start_step * per_pipeline,
+            seed=seed,
+        )
 
     return input_fn
 

@@ -1,4 +1,6 @@
-"""tf.data pipelines: decoded examples -> batched model inputs (and training targets).
+"""The per-element transforms of the input pipelines: decoded examples -> model inputs and
+training targets. The training pipeline itself (shuffle, shard, resume, decode, this map,
+batch) is ``solo_tf.data.inputs.train_dataset``; evaluation's is ``build_eval_dataset``.
 
 Shape letters: B batch, H W ``DataConfig.output_size``, G total grid cells, N_max
 ``TargetConfig.max_instances``, m ``TargetConfig.mask_stride``.
@@ -19,8 +21,6 @@ augmentation seed is drawn once per call.
 """
 
 from __future__ import annotations
-
-import random
 
 import tensorflow as tf
 
@@ -58,18 +58,12 @@ def _warn_if_truncated(num: tf.Tensor, image_id: tf.Tensor, max_instances: int) 
     return tf.cond(truncated, warn, lambda: truncated)
 
 
-def make_train_map_fn(
-    data_config: DataConfig,
-    target_config: TargetConfig,
-    base_seed: int,
-    stream_stride: int = 1,
-    stream_offset: int = 0,
-):
+def make_train_map_fn(data_config: DataConfig, target_config: TargetConfig, base_seed: int):
     """The per-element training transform ``(position, decoded example) -> element``.
 
-    The augmentation seed is ``(base_seed, position * stream_stride + stream_offset)``, so
-    input pipelines of a multi-worker run (stride = pipelines, offset = pipeline id) never
-    share seeds.
+    The augmentation seed is ``(base_seed, position)``, the element's position in the
+    shuffled stream before sharding, so the input pipelines of a multi-worker run never share
+    seeds and a resumed run re-draws the augmentation of an uninterrupted one.
     """
     output_size = tuple(data_config.output_size)
 
@@ -78,9 +72,7 @@ def make_train_map_fn(
         tf.debugging.assert_equal(
             tf.shape(example["masks"])[1:], tf.shape(image)[:2], "masks and image differ"
         )
-        seed = tf.stack(
-            [tf.constant(base_seed, tf.int64), position * stream_stride + stream_offset]
-        )
+        seed = tf.stack([tf.constant(base_seed, tf.int64), position])
         augmented = augment_for_training(example, data_config, seed)
         num = tf.shape(augmented["classes"])[0]
         warned = _warn_if_truncated(num, augmented["image_id"], target_config.max_instances)
@@ -105,53 +97,6 @@ def make_train_map_fn(
 def has_positives(element: dict) -> tf.Tensor:
     """bool []: at least one positive grid cell (used to skip empty training images)."""
     return tf.reduce_any(element["targets"]["cate_targets"] >= 0)
-
-
-def build_train_dataset(
-    decoded_ds: tf.data.Dataset,
-    data_config: DataConfig,
-    target_config: TargetConfig,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    repeat: bool = True,
-    drop_remainder: bool = True,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Batched training inputs and targets (see the module docstring for the structure).
-
-    Args:
-      decoded_ds: decoded examples (``docs/architecture.md`` section 1).
-      data_config: resize, flip, skip_empty, bad_sample_policy, deterministic, seed,
-        shuffle_buffer and parallel_calls are read from it.
-      target_config: label assignment.
-      batch_size: per input pipeline (per replica with ``distribute_datasets_from_function``).
-      shuffle, repeat, drop_remainder: as in tf.data.
-      input_context: when given, each input pipeline reads its own shard of ``decoded_ds``.
-
-    With ``skip_empty`` and ``repeat``, a dataset without a single positive image never
-    yields a batch (the filter keeps looking).
-    """
-    dataset = _shard(decoded_ds, input_context)
-    deterministic = data_config.deterministic
-    if shuffle:
-        seed = data_config.seed if deterministic else None
-        dataset = dataset.shuffle(data_config.shuffle_buffer, seed=seed)
-    if repeat:
-        dataset = dataset.repeat()
-    base_seed = data_config.seed if deterministic else random.SystemRandom().randrange(2**31)
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
-    map_fn = make_train_map_fn(data_config, target_config, base_seed, pipelines, pipeline_id)
-    dataset = dataset.enumerate().map(
-        map_fn, num_parallel_calls=_parallel_calls(data_config), deterministic=deterministic
-    )
-    if data_config.bad_sample_policy == "skip":
-        dataset = dataset.ignore_errors(log_warning=True)
-    if data_config.skip_empty:
-        dataset = dataset.filter(has_positives)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def build_eval_dataset(

@@ -23,7 +23,9 @@ yields the dict of ``docs/architecture.md`` section 1, identical to ``CocoReader
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -139,8 +141,13 @@ def read_tfrecords(
     seed: int | None = None,
     parallel_calls: int = tf.data.AUTOTUNE,
     deterministic: bool | None = None,
+    skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
     """Decoded examples (architecture section 1) from Model Garden TFRecords.
+
+    ``skip_corrupt_records`` (the ``skip`` policy): a record that cannot be read (corrupt,
+    truncated) ends its shard's reading with a warning instead of failing, as do examples
+    that fail to decode. Otherwise such a record fails naming its shard.
 
     Shards are read in name order, interleaved one record at a time, which gives back the
     converter's image order. ``shuffle`` shuffles the shard order only; shuffle examples
@@ -153,11 +160,12 @@ def read_tfrecords(
     filenames = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         filenames = filenames.shuffle(len(files), seed=seed)
+    cycle = min(len(files), 64)
     records = filenames.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 64),
+        functools.partial(_records, skip_corrupt=skip_corrupt_records),
+        cycle_length=cycle,
         block_length=1,
-        num_parallel_calls=parallel_calls,
+        num_parallel_calls=parallel_calls if parallel_calls < 0 else min(parallel_calls, cycle),
         deterministic=deterministic,
     )
     decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
@@ -172,9 +180,38 @@ def read_tfrecords(
         return _to_example(decoder.decode(serialized), table)
 
     examples = records.map(decode, num_parallel_calls=parallel_calls, deterministic=deterministic)
+    if skip_corrupt_records:
+        examples = examples.ignore_errors(log_warning=True)
     if skip_empty:
         examples = examples.filter(_has_instances)
     return examples
+
+
+def _records(filename: tf.Tensor, skip_corrupt: bool) -> tf.data.Dataset:
+    records = tf.data.TFRecordDataset(filename)
+    return records.ignore_errors(log_warning=True) if skip_corrupt else records
+
+
+def count_records(path: str, policy: str = "error") -> int:
+    """The readable records of one TFRecord file.
+
+    A corrupt or truncated record raises a ``ValueError`` naming the file and the record
+    under the ``error`` policy; under ``skip`` the records before it count, and a warning
+    names the file and says how many were read.
+    """
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            count += 1
+    except tf.errors.DataLossError as error:
+        reason = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]|name:", "", error.message)
+        where = f"{path}: record {count + 1} cannot be read ({reason.strip()})"
+        if policy != "skip":
+            raise ValueError(
+                f"{where}; fix or drop the file, or use --bad_sample_policy=skip"
+            ) from None
+        logging.warning("%s: skipped with the rest of the file, %d records read", where, count)
+    return count
 
 
 def _to_example(decoded: dict, table: tf.lookup.StaticHashTable) -> dict:

@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from solo_tf.config import DataConfig, TargetConfig
 from solo_tf.data.coco import EXAMPLE_SPEC
-from solo_tf.data.pipeline import build_eval_dataset, build_train_dataset
+from solo_tf.data.inputs import from_examples, train_dataset
+from solo_tf.data.pipeline import build_eval_dataset
 
 DATA = DataConfig(
     short_sides=(64, 96),
@@ -57,12 +58,17 @@ def as_dataset(examples):
     return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=EXAMPLE_SPEC)
 
 
+def from_examples_of(examples):
+    """The training pipeline's source for in-memory examples."""
+    return from_examples(as_dataset(examples))
+
+
 def take(dataset, count):
     return [tf.nest.map_structure(lambda t: t.numpy(), b) for b in dataset.take(count)]
 
 
 def test_train_batches_have_the_contract_shapes():
-    dataset = build_train_dataset(as_dataset(FIXTURE), DATA, TARGETS, batch_size=2)
+    dataset = train_dataset(from_examples_of(FIXTURE), DATA, TARGETS, batch_size=2)
     spec = dataset.element_spec
     assert spec["image"].shape == (2, 128, 128, 3) and spec["image"].dtype == tf.float32
     assert spec["image_info"].shape == (2, 4, 2) and spec["image_id"].dtype == tf.int64
@@ -82,7 +88,7 @@ def test_train_batches_have_the_contract_shapes():
 def test_deterministic_mode_repeats_exactly_across_runs_and_parallelism():
     def run(parallel_calls):
         config = dataclasses.replace(DATA, parallel_calls=parallel_calls)
-        return take(build_train_dataset(as_dataset(FIXTURE), config, TARGETS, 2), 6)
+        return take(train_dataset(from_examples_of(FIXTURE), config, TARGETS, 2), 6)
 
     first, second, serial = run(2), run(2), run(1)
     for a, b, c in zip(first, second, serial, strict=True):
@@ -96,7 +102,7 @@ def test_deterministic_mode_repeats_exactly_across_runs_and_parallelism():
 
 def test_skip_empty_and_image_info():
     config = dataclasses.replace(DATA, short_sides=(64,), flip_probability=0.0)
-    kept = build_train_dataset(as_dataset(FIXTURE), config, TARGETS, 1, shuffle=False, repeat=False)
+    kept = train_dataset(from_examples_of(FIXTURE), config, TARGETS, 1, shuffle=False, repeat=False)
     batches = take(kept, 10)
     assert [int(b["image_id"][0]) for b in batches] == [1, 3, 4, 5]
     # 32 x 48: short 64 -> 64 x 96. 50 x 70: 64 / 50 = 1.28 -> 64 x 89.6 -> 64 x 90.
@@ -104,8 +110,8 @@ def test_skip_empty_and_image_info():
     np.testing.assert_allclose(
         batches[2]["image_info"][0], [[50, 70], [64, 90], [1.28, 90 / 70], [0, 0]], rtol=1e-6
     )
-    everything = build_train_dataset(
-        as_dataset(FIXTURE),
+    everything = train_dataset(
+        from_examples_of(FIXTURE),
         dataclasses.replace(config, skip_empty=False),
         TARGETS,
         1,
@@ -125,7 +131,7 @@ def test_targets_follow_the_flip(probability, columns):
     # cols 96..127, cx = 111.5 -> floor(108.3/16) = 6 .. floor(114.7/16) = 7.
     example = make_example(9, 64, 64, [(16, 47, 0, 15)])
     config = dataclasses.replace(DATA, short_sides=(128,), flip_probability=probability)
-    dataset = build_train_dataset(as_dataset([example]), config, TARGETS, 1, shuffle=False)
+    dataset = train_dataset(from_examples_of([example]), config, TARGETS, 1, shuffle=False)
     level0 = take(dataset, 1)[0]["targets"]["cate_targets"][0, :64].reshape(8, 8)
     rows, cols = np.nonzero(level0 >= 0)
     assert set(rows) == {3, 4} and set(cols) == columns
@@ -133,8 +139,8 @@ def test_targets_follow_the_flip(probability, columns):
 
 def test_too_many_instances_keeps_max_and_warns(capfd):
     boxes = [(k * 10, k * 10 + 5, k * 10, k * 10 + 5) for k in range(6)]
-    dataset = build_train_dataset(
-        as_dataset([make_example(7, 64, 64, boxes)]), DATA, TARGETS, 1, shuffle=False
+    dataset = train_dataset(
+        from_examples_of([make_example(7, 64, 64, boxes)]), DATA, TARGETS, 1, shuffle=False
     )
     assert take(dataset, 1)[0]["targets"]["num_instances"][0] == 4
     assert "has 6 instances; keeping the first 4" in capfd.readouterr().err
@@ -145,7 +151,7 @@ def test_bad_sample_policy(policy):
     bad = make_example(8, 32, 32, [(0, 5, 0, 5)], mask_size=(16, 16))
     config = dataclasses.replace(DATA, bad_sample_policy=policy)
     examples = [FIXTURE[0], bad, FIXTURE[3]]
-    dataset = build_train_dataset(as_dataset(examples), config, TARGETS, 1, shuffle=False)
+    dataset = train_dataset(from_examples_of(examples), config, TARGETS, 1, shuffle=False)
     if policy == "error":
         with pytest.raises(tf.errors.InvalidArgumentError):
             take(dataset, 3)

@@ -1,0 +1,172 @@
+"""The one training pipeline (``solo_tf.data.inputs``) over every source: shuffle buffer,
+resume, and a corrupt TFRecord under both bad-sample policies."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from solo_tf import config as cfg
+from solo_tf.data import inputs
+from solo_tf.data.tfrecord import convert_coco_to_tfrecords
+from tests.data import fixtures
+from tests.data.test_pipeline import DATA, FIXTURE, TARGETS, as_dataset, take
+
+# Level sizes of the tiny COCO (images up to 60 px) kept small: the pipeline only.
+TINY_DATA = dataclasses.replace(DATA, skip_empty=False, flip_probability=0.0)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return fixtures.write_tiny_coco(str(tmp_path / "coco"))
+
+
+def image_ids(dataset, count) -> list[int]:
+    return [int(i) for b in take(dataset, count) for i in b["image_id"]]
+
+
+def test_shuffle_buffer_changes_the_training_order_of_in_memory_examples():
+    def order(buffer):
+        data = dataclasses.replace(TINY_DATA, shuffle_buffer=buffer)
+        source = inputs.from_examples(as_dataset(FIXTURE))
+        return image_ids(inputs.train_dataset(source, data, TARGETS, 1), 5)
+
+    assert order(1) == [1, 2, 3, 4, 5]  # a buffer of one keeps the dataset order
+    assert sorted(order(5)) == [1, 2, 3, 4, 5] and order(5) != [1, 2, 3, 4, 5]
+    assert order(5) == order(5)  # seeded (deterministic mode)
+
+
+def test_shuffle_buffer_changes_the_training_order_of_a_coco_json(tiny):
+    def order(buffer, seed=0):
+        data = dataclasses.replace(
+            TINY_DATA,
+            train_annotations=tiny.annotation_file,
+            train_images=tiny.image_dir,
+            shuffle_buffer=buffer,
+            seed=seed,
+        )
+        source = inputs.open_source(data, "train")
+        return image_ids(inputs.train_dataset(source, data, TARGETS, 1), 4)
+
+    in_file_order = order(1)
+    assert in_file_order == list(tiny.expected)  # a buffer of one keeps the file's order
+    assert any(order(4, seed) != in_file_order for seed in range(4))
+
+
+def test_resume_skips_the_elements_already_consumed():
+    source = inputs.from_examples(as_dataset(FIXTURE))
+    whole = image_ids(inputs.train_dataset(source, TINY_DATA, TARGETS, 1, seed=5), 7)
+    resumed = image_ids(
+        inputs.train_dataset(source, TINY_DATA, TARGETS, 1, seed=5, skip_elements=3), 4
+    )
+    assert resumed == whole[3:]
+
+
+def corrupt_record(path: str, index: int) -> None:
+    """Flips one byte in the payload of record ``index`` (its CRC no longer matches)."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    offset = 0
+    for _ in range(index):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        offset += 8 + 4 + length + 4
+    data[offset + 12 + 10] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.fixture
+def corrupt_tfrecords(tiny, tmp_path):
+    """One shard of the tiny COCO's 4 records whose third record is corrupt."""
+    prefix = str(tmp_path / "records" / "train")
+    result = convert_coco_to_tfrecords(tiny.annotation_file, tiny.image_dir, prefix, num_shards=1)
+    corrupt_record(result["files"][0], 2)
+    return prefix, result["files"][0]
+
+
+def test_a_corrupt_tfrecord_is_refused_naming_the_file_under_error(corrupt_tfrecords):
+    prefix, path = corrupt_tfrecords
+    data = dataclasses.replace(TINY_DATA, train_tfrecords=prefix + "-*")
+    with pytest.raises(ValueError, match=f"{path}: record 3 cannot be read"):
+        inputs.open_source(data, "train")
+
+
+def tiny_ids_in_file_order(path: str):
+    """Image ids of the records of a TFRecord file up to its first unreadable record."""
+    records = tf.data.TFRecordDataset(path).ignore_errors()
+    for serialized in records:
+        example = tf.train.Example.FromString(serialized.numpy())
+        yield int(example.features.feature["image/source_id"].bytes_list.value[0])
+
+
+def test_a_corrupt_tfrecord_is_skipped_and_counted_under_skip(corrupt_tfrecords, caplog):
+    prefix, path = corrupt_tfrecords
+    data = dataclasses.replace(
+        TINY_DATA, train_tfrecords=prefix + "-*", bad_sample_policy="skip", shuffle_buffer=1
+    )
+    with caplog.at_level(logging.WARNING):
+        source = inputs.open_source(data, "train")
+    assert source.num_images == 2
+    assert any(
+        path in r.getMessage() and "2 records read" in r.getMessage() for r in caplog.records
+    )
+    ids = image_ids(inputs.train_dataset(source, data, TARGETS, 1), 6)
+    # Only the two records before the corrupt one are read, epoch after epoch.
+    assert ids[:2] == list(tiny_ids_in_file_order(path))[:2] and ids[:2] == ids[2:4] == ids[4:6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_training_on_a_corrupt_tfrecord(corrupt_tfrecords, tmp_path, policy, caplog):
+    from solo_tf import train_lib  # noqa: PLC0415 - trains: imported by the slow test only
+
+    prefix, path = corrupt_tfrecords
+    config = tiny_train_config(str(tmp_path / "model"), prefix + "-*", policy)
+    if policy == "error":
+        with pytest.raises(ValueError, match=f"{path}: record 3 cannot be read"):
+            train_lib.train(config, progress=False)
+        return
+    with caplog.at_level(logging.WARNING):
+        _, metrics = train_lib.train(config, progress=False)
+    assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
+    assert any(path in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
+
+
+def tiny_train_config(model_dir: str, pattern: str, policy: str) -> cfg.SOLOConfig:
+    grids = (8, 4)
+    return cfg.SOLOConfig(
+        model=cfg.ModelConfig(
+            num_classes=3,
+            backbone_depth=18,
+            backbone_filters=(16, 16, 16, 16),
+            fpn_channels=16,
+            head_type="decoupled",
+            head_channels=16,
+            stacked_convs=1,
+            norm_groups=4,
+            num_grids=grids,
+            strides=(8, 16),
+        ),
+        targets=cfg.TargetConfig(num_grids=grids, scale_ranges=((1, 48), (24, 2048))),
+        data=dataclasses.replace(
+            TINY_DATA,
+            train_tfrecords=pattern,
+            bad_sample_policy=policy,
+            short_sides=(64,),
+            max_long_side=64,
+            output_size=(64, 64),
+        ),
+        train=cfg.TrainConfig(
+            model_dir=model_dir,
+            global_batch_size=2,
+            total_steps=2,
+            steps_per_loop=1,
+            warmup_steps=1,
+            strategy="one_device",
+        ),
+    )
