@@ -12,8 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from solo_tf import config as cfg
+from solo_tf import eval_lib, train_lib
 from solo_tf.data import shapes
+from solo_tf.detector import Detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, "tests", "harness", "run_training.py")
@@ -57,6 +61,7 @@ def max_abs_diff(a, b):
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+@pytest.mark.slow  # trains
 def test_two_replicas_match_one_replica(tmp_path, tiny_shapes):
     # Frozen BatchNorm (the reference setting): trainable BN would use per-replica batches.
     common = ["--total_steps=1", "--freeze_batchnorm=true", "--strategy=mirrored"]
@@ -80,6 +85,7 @@ def weights_at_init(tmp_path, data, common):
     return weights(tmp_path / "zero")
 
 
+@pytest.mark.slow  # trains
 def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_shapes):
     common = ["--total_steps=4", "--checkpoint_every=2", "--steps_per_loop=2"]
     run(tmp_path / "straight", tiny_shapes, *common)
@@ -92,6 +98,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_shapes):
     assert max_abs_diff(weights(tmp_path / "straight"), weights(tmp_path / "resumed")) <= 1e-6
 
 
+@pytest.mark.slow  # trains
 def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_shapes):
     done = run(
         tmp_path,
@@ -107,6 +114,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_shapes):
     assert os.path.exists(tmp_path / "ckpt-1.index"), done.stderr[-2000:]
 
 
+@pytest.mark.slow  # trains
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_shapes):
     done = run(
         tmp_path,
@@ -138,6 +146,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # trains
 def test_multi_worker_two_processes_end_identical(tmp_path, tiny_shapes):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
@@ -165,6 +174,7 @@ def test_multi_worker_two_processes_end_identical(tmp_path, tiny_shapes):
         assert json.load(f)["step"] == 3
 
 
+@pytest.mark.slow  # trains
 def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
     """Learned quality: the tiny model memorises 8 embedded images to mask AP >= 0.8."""
     data = shapes.generate(
@@ -196,8 +206,6 @@ def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
         f"--val_annotations={data['train_annotations']}",
         f"--val_images={data['train_images']}",
     )
-    from solo_tf import eval_lib  # noqa: PLC0415
-    from solo_tf.detector import Detector  # noqa: PLC0415
 
     # Periodic evaluation kept the best checkpoint and its metrics.
     with open(tmp_path / "best" / "metrics.json") as f:
@@ -211,11 +219,6 @@ def test_tiny_model_overfits_eight_images(tmp_path, tmp_path_factory):
 
 
 def test_jit_with_bfloat16_is_refused_on_cpu():
-    import tensorflow as tf  # noqa: PLC0415
-
-    from solo_tf import config as cfg  # noqa: PLC0415
-    from solo_tf import train_lib  # noqa: PLC0415
-
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("the check only refuses CPU-only machines")
     with pytest.raises(ValueError, match="jit_compile"):

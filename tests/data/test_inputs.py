@@ -123,7 +123,7 @@ def test_a_corrupt_tfrecord_is_skipped_and_counted_under_skip(corrupt_tfrecords,
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["skip", "error"])
 def test_training_on_a_corrupt_tfrecord(corrupt_tfrecords, tmp_path, policy, caplog):
-    from solo_tf import train_lib  # noqa: PLC0415 - trains: imported by the slow test only
+    from solo_tf import train_lib
 
     prefix, path = corrupt_tfrecords
     config = tiny_train_config(str(tmp_path / "model"), prefix + "-*", policy)

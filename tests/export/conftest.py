@@ -19,6 +19,14 @@ from tests.export import fixtures
 TFLITE_SIZE = (128, 128)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test here builds, exports or converts a model: all are in the slow tier."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("model_dir"))
