@@ -17,6 +17,7 @@ from solo_tf import eval_lib, exported, images, visualize
 from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.detector import Detector
+from solo_tf.onnx_runtime import ONNXPredictor
 
 solo_flags.define_flags()
 flags.DEFINE_string("images", None, "An image file, a folder of images, or a glob.")
@@ -24,6 +25,7 @@ flags.DEFINE_string("output_dir", "predictions", "Where overlays and results.jso
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint path in model_dir.")
 flags.DEFINE_string("saved_model", "", "Use this exported SavedModel version dir instead.")
 flags.DEFINE_string("tflite", "", "Use this .tflite file instead.")
+flags.DEFINE_string("onnx", "", "Use this .onnx file (export.onnx) in ONNX Runtime instead.")
 flags.DEFINE_float("draw_threshold", 0.3, "Draw detections scoring at least this.")
 flags.DEFINE_integer("max_images", 0, "Stop after this many images (0: all).")
 flags.mark_flag_as_required("images")
@@ -83,6 +85,8 @@ def _make_predictor():
         return exported.SavedModelPredictor(FLAGS.saved_model).predict
     if FLAGS.tflite:
         return exported.TFLitePredictor(FLAGS.tflite).predict
+    if FLAGS.onnx:
+        return ONNXPredictor(FLAGS.onnx).predict
     if not FLAGS.model_dir:
         raise app.UsageError("give --model_dir, --saved_model or --tflite")
     config = solo_flags.config_from_flags(base=model_dir_lib.load_config(FLAGS.model_dir))
