@@ -56,12 +56,12 @@ class DecoupledSOLOHead(SOLOHeadBase):
 
     @property
     def tower_names(self) -> tuple:
-        """Suffixes of the mask towers: "_x" and "_y", or "" for the one shared tower."""
-        return ("",) if self.shared_tower else ("_x", "_y")
+        """Suffixes of the mask towers: "_x" and "_y", or "_xy" for the one shared tower."""
+        return ("_xy",) if self.shared_tower else ("_x", "_y")
 
     def mask_tower(self, axis: str) -> ConvGNTower:
         """The tower of ``axis`` ("x" or "y"; the shared one for both with ``shared_tower``)."""
-        return getattr(self, "mask_tower" if self.shared_tower else f"mask_tower_{axis}")
+        return getattr(self, "mask_tower_xy" if self.shared_tower else f"mask_tower_{axis}")
 
     def mask_conv(self, axis: str, level: int) -> keras.layers.Conv2D:
         return getattr(self, f"mask_conv_{axis}_{level}")

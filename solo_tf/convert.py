@@ -1,0 +1,306 @@
+"""The authors' PyTorch checkpoints -> solo-tf model_dirs, without torch.
+
+    python -m solo_tf.convert --checkpoint SOLO_R50_3x.pth --flagfile experiments/r50.flags \
+        --model_dir models/solo_r50_3x
+    python -m solo_tf.convert --backbone_only --checkpoint resnet50-0676ba61.pth \
+        --backbone_depth 50 --output resnet50_imagenet.weights.h5
+
+The model_dir (``ckpt-0``, ``config.json``, ``label_map.json``; see ``solo_tf.model_dir``)
+is what ``solo_tf.evaluate``, ``predict`` and ``export.*`` take. The checkpoint's layout is
+recognised from its parameter names:
+
+| layout | checkpoints | head |
+|---|---|---|
+| ``wxinlong_solo`` | WXinlong/SOLO ``SOLO_R50_1x.pth`` ... | vanilla |
+| ``wxinlong_decoupled`` | ``DECOUPLED_SOLO_R50_3x.pth`` ... | decoupled |
+| ``wxinlong_decoupled_light`` | ``DECOUPLED_SOLO_LIGHT_R50_3x.pth`` ... | decoupled, shared tower |
+| ``mmdet_solo``, ``mmdet_decoupled``, ``mmdet_decoupled_light`` | mmdetection 2.x | as above |
+
+and must agree with the flagfile's model (``head_type``, ``decoupled_shared_tower``,
+``backbone_type=torchvision``); the shapes then check depth, widths, grids and classes.
+Every tensor is mapped by name: one missing, left over or of the wrong shape is an error
+naming it (only BatchNorm's ``num_batches_tracked`` counters are dropped, by name).
+
+Name map (torch -> Keras): ``backbone.<torchvision name>`` -> the ``TorchvisionResNet``
+layer of the same name with "." as "_" (``solo_tf.modeling.resnet.torch_variables``);
+``neck.lateral_convs.{k}.conv`` -> ``fpn/lateral_P{k+2}``, ``neck.fpn_convs.{k}.conv`` ->
+``fpn/output_P{k+2}``; head towers ``{tower}.{i}.conv`` / ``.gn`` -> ``conv_{i}`` /
+``gn_{i}`` of the matching ``ConvGNTower``; the per-level mask convs and the category conv
+by index. Conv weights [out, in, kh, kw] become [kh, kw, in, out]; GroupNorm and BatchNorm
+weight / bias are gamma / beta, BatchNorm running_mean / running_var the moving statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from solo_tf import config as cfg
+from solo_tf import model_dir as model_dir_lib
+from solo_tf import torch_checkpoint, torch_weights
+from solo_tf.data.label_map import LabelMap
+from solo_tf.modeling import factory, resnet
+
+COCO_LABEL_MAP = os.path.join(os.path.dirname(__file__), "coco_label_map.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one family of checkpoints names the head's tensors."""
+
+    head_prefix: str  # "bbox_head." (WXinlong/SOLO, mmdet 1.x) or "mask_head." (mmdet 2.x)
+    head_type: str
+    shared_tower: bool
+    towers: dict  # torch tower name -> Keras tower attribute of the head
+    mask_convs: dict  # torch ModuleList name -> Keras name pattern with {level}
+    cate_conv: str
+
+
+def _layout(prefix, head_type, shared, towers, mask_convs, cate):
+    return Layout(prefix, head_type, shared, towers, mask_convs, cate)
+
+
+LAYOUTS = {
+    "wxinlong_solo": _layout(
+        "bbox_head.",
+        "vanilla",
+        False,
+        {"ins_convs": "mask_tower", "cate_convs": "cate_tower"},
+        {"solo_ins_list": "mask_conv_{level}"},
+        "solo_cate",
+    ),
+    "wxinlong_decoupled": _layout(
+        "bbox_head.",
+        "decoupled",
+        False,
+        {"ins_convs_x": "mask_tower_x", "ins_convs_y": "mask_tower_y", "cate_convs": "cate_tower"},
+        {"dsolo_ins_list_x": "mask_conv_x_{level}", "dsolo_ins_list_y": "mask_conv_y_{level}"},
+        "dsolo_cate",
+    ),
+    "wxinlong_decoupled_light": _layout(
+        "bbox_head.",
+        "decoupled",
+        True,
+        {"ins_convs": "mask_tower_xy", "cate_convs": "cate_tower"},
+        {"dsolo_ins_list_x": "mask_conv_x_{level}", "dsolo_ins_list_y": "mask_conv_y_{level}"},
+        "dsolo_cate",
+    ),
+    "mmdet_solo": _layout(
+        "mask_head.",
+        "vanilla",
+        False,
+        {"mask_convs": "mask_tower", "cls_convs": "cate_tower"},
+        {"conv_mask_list": "mask_conv_{level}"},
+        "conv_cls",
+    ),
+    "mmdet_decoupled": _layout(
+        "mask_head.",
+        "decoupled",
+        False,
+        {"mask_convs_x": "mask_tower_x", "mask_convs_y": "mask_tower_y", "cls_convs": "cate_tower"},
+        {"conv_mask_list_x": "mask_conv_x_{level}", "conv_mask_list_y": "mask_conv_y_{level}"},
+        "conv_cls",
+    ),
+    "mmdet_decoupled_light": _layout(
+        "mask_head.",
+        "decoupled",
+        True,
+        {"mask_convs": "mask_tower_xy", "cls_convs": "cate_tower"},
+        {"conv_mask_list_x": "mask_conv_x_{level}", "conv_mask_list_y": "mask_conv_y_{level}"},
+        "conv_cls",
+    ),
+}
+
+
+def detect_layout(state: dict, source: str = "checkpoint") -> str:
+    """The LAYOUTS key whose head tensors ``state`` holds (a ValueError if none or several)."""
+    names = set(state)
+
+    def has(layout: Layout) -> bool:
+        modules = [*layout.towers, *layout.mask_convs, layout.cate_conv]
+        found = all(any(n.startswith(f"{layout.head_prefix}{m}.") for n in names) for m in modules)
+        return found and not _has_foreign_towers(layout, names)
+
+    matches = [key for key, layout in LAYOUTS.items() if has(layout)]
+    if len(matches) != 1:
+        heads = sorted({".".join(n.split(".")[:2]) for n in names if "_head." in n})
+        raise ValueError(
+            f"{source}: not a SOLO / Decoupled SOLO / Decoupled SOLO Light checkpoint of a "
+            f"known layout (head modules: {heads[:12]}); matches {matches}"
+        )
+    return matches[0]
+
+
+def _has_foreign_towers(layout: Layout, names: set) -> bool:
+    """Whether the state holds towers of another layout with the same prefix (x/y vs shared)."""
+    own = set(layout.towers)
+    others = {
+        t
+        for other in LAYOUTS.values()
+        if other.head_prefix == layout.head_prefix
+        for t in other.towers
+    } - own
+    return any(n.startswith(f"{layout.head_prefix}{t}.") for t in others for n in names)
+
+
+def head_variables(head, layout: Layout, stacked_convs: int, num_levels: int) -> dict:
+    """{torch name: Keras variable} of the SOLO head."""
+    variables = {}
+    p = layout.head_prefix
+    for torch_tower, keras_tower in layout.towers.items():
+        tower = getattr(head, keras_tower)
+        for i in range(stacked_convs):
+            variables[f"{p}{torch_tower}.{i}.conv.weight"] = getattr(tower, f"conv_{i}").kernel
+            norm = getattr(tower, f"gn_{i}")
+            variables[f"{p}{torch_tower}.{i}.gn.weight"] = norm.gamma
+            variables[f"{p}{torch_tower}.{i}.gn.bias"] = norm.beta
+    convs = {f"{p}{layout.cate_conv}": head.cate_conv}
+    for torch_list, keras_pattern in layout.mask_convs.items():
+        for level in range(num_levels):
+            convs[f"{p}{torch_list}.{level}"] = getattr(head, keras_pattern.format(level=level))
+    for name, conv in convs.items():
+        variables[f"{name}.weight"] = conv.kernel
+        variables[f"{name}.bias"] = conv.bias
+    return variables
+
+
+def fpn_variables(fpn, prefix: str = "neck.") -> dict:
+    """{torch name: Keras variable} of mmdetection's FPN (lateral and output convs)."""
+    variables = {}
+    for k, level in enumerate(fpn.level_names):
+        for torch_list, keras_name in (("lateral_convs", "lateral"), ("fpn_convs", "output")):
+            conv = getattr(fpn, f"{keras_name}_{level}")
+            variables[f"{prefix}{torch_list}.{k}.conv.weight"] = conv.kernel
+            variables[f"{prefix}{torch_list}.{k}.conv.bias"] = conv.bias
+    return variables
+
+
+def model_variables(model, layout: Layout, config: cfg.ModelConfig) -> dict:
+    """{torch name: Keras variable} of a whole SOLOModel in ``layout``'s names."""
+    return {
+        **resnet.torch_variables(model.backbone, "backbone."),
+        **fpn_variables(model.fpn),
+        **head_variables(model.head, layout, config.stacked_convs, config.num_levels),
+    }
+
+
+def check_config(layout_name: str, config: cfg.ModelConfig, source: str) -> None:
+    """ValueError when the flagfile's model cannot hold a checkpoint of ``layout_name``."""
+    layout = LAYOUTS[layout_name]
+    wanted = {
+        "backbone_type": "torchvision",
+        "head_type": layout.head_type,
+        "decoupled_shared_tower": layout.shared_tower if layout.head_type == "decoupled" else False,
+    }
+    wrong = [f"--{key}={value}" for key, value in wanted.items() if getattr(config, key) != value]
+    if wrong:
+        raise ValueError(
+            f"{source} is a {layout_name} checkpoint: its model needs {' '.join(wrong)} "
+            "(check the flagfile)"
+        )
+
+
+def convert_checkpoint(
+    checkpoint: str, config: cfg.SOLOConfig, label_map: LabelMap, model_dir: str
+) -> str:
+    """Writes ``model_dir`` from a SOLO checkpoint; returns the checkpoint prefix written."""
+    if label_map.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"the label map has {label_map.num_classes} categories, the model "
+            f"--num_classes={config.model.num_classes}"
+        )
+    if os.path.isdir(model_dir) and model_dir_lib.checkpoints(model_dir):
+        raise ValueError(f"{model_dir!r} already holds checkpoints; convert into a new folder")
+    state = torch_checkpoint.load_state_dict(checkpoint)
+    layout_name = detect_layout(state, checkpoint)
+    check_config(layout_name, config.model, checkpoint)
+    model = factory.build_model(config.model)
+    variables = model_variables(model, LAYOUTS[layout_name], config.model)
+    torch_weights.assign_torch_weights(variables, state, checkpoint)
+    model_dir_lib.write_metadata(model_dir, config, label_map)
+    return model_dir_lib.save_model(model, model_dir, step=0)
+
+
+def convert_backbone(
+    checkpoint: str, depth: int, output: str, filters=(), prefix: str = ""
+) -> None:
+    """Writes a ``.weights.h5`` of ``TorchvisionResNet(depth)`` from a torchvision ResNet
+    checkpoint (its ``fc`` classifier dropped) for ``--pretrained_backbone``.
+
+    ``prefix``: the backbone's name prefix in the checkpoint ("backbone." to take the
+    backbone of a detector checkpoint; its other tensors are then dropped, by prefix).
+    """
+    state = torch_checkpoint.load_state_dict(checkpoint)
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if k not in resnet.CLASSIFIER_TENSORS}
+    backbone = resnet.TorchvisionResNet(depth=depth, filters=tuple(filters))
+    torch_weights.assign_torch_weights(resnet.torch_variables(backbone), state, checkpoint)
+    if not output.endswith(".weights.h5"):
+        raise ValueError(f"--output must end in .weights.h5, got {output!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    backbone.save_weights(output)
+
+
+def coco_label_map() -> LabelMap:
+    """The 80 COCO categories, in the authors' order (by category id)."""
+    with open(COCO_LABEL_MAP) as f:
+        return LabelMap.from_coco_categories(json.load(f)["categories"])
+
+
+def main(argv):
+    """``python -m solo_tf.convert``: flags become arguments of the functions above."""
+    del argv
+    from absl import app, logging
+
+    from solo_tf import flags as solo_flags
+
+    FLAGS = _flags()
+    if not FLAGS.checkpoint:
+        raise app.UsageError("give --checkpoint")
+    config = solo_flags.config_from_flags(FLAGS)
+    if FLAGS.backbone_only:
+        if not FLAGS.output:
+            raise app.UsageError("--backbone_only writes --output (a .weights.h5 file)")
+        convert_backbone(
+            FLAGS.checkpoint,
+            config.model.backbone_depth,
+            FLAGS.output,
+            config.model.backbone_filters,
+            FLAGS.backbone_prefix,
+        )
+        logging.info("wrote %s", FLAGS.output)
+        return
+    if not FLAGS.model_dir:
+        raise app.UsageError("give --model_dir (a new folder)")
+    label_map = LabelMap.from_json(FLAGS.label_map) if FLAGS.label_map else coco_label_map()
+    path = convert_checkpoint(FLAGS.checkpoint, config, label_map, FLAGS.model_dir)
+    logging.info("wrote %s", path)
+    print(path)
+
+
+def _flags():
+    from absl import flags
+
+    from solo_tf import flags as solo_flags
+
+    solo_flags.define_flags()
+    if "checkpoint" not in flags.FLAGS:
+        flags.DEFINE_string("checkpoint", "", "The PyTorch .pth checkpoint to convert.")
+        flags.DEFINE_bool("backbone_only", False, "Convert a torchvision ResNet only.")
+        flags.DEFINE_string("output", "", "--backbone_only: the .weights.h5 file to write.")
+        flags.DEFINE_string(
+            "backbone_prefix", "", "--backbone_only: take the tensors under this prefix."
+        )
+        flags.DEFINE_string(
+            "label_map", "", "label_map.json of the classes; default: COCO's 80 (packaged)."
+        )
+    return flags.FLAGS
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _flags()
+    app.run(main)

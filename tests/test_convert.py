@@ -1,0 +1,171 @@
+"""solo_tf.convert against PyTorch itself: the fixtures of scripts/make_torch_fixtures.py
+hold the authors' models (torchvision ResNet-50, mmdetection FPN, the SOLO heads in torch,
+narrow widths) with seeded weights and their outputs on a 96 x 128 image. Converted here
+without torch, the Keras model must give the same pyramid levels and head logits, and
+post-processing the same detections."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from solo_tf import config as cfg
+from solo_tf import convert, model_dir, postprocess, torch_checkpoint
+from solo_tf.data.label_map import LabelMap
+from solo_tf.modeling import factory
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# The fixtures' model (the constants of scripts/make_torch_fixtures.py).
+TINY = cfg.ModelConfig(
+    num_classes=4,
+    backbone_depth=50,
+    backbone_filters=(4, 4, 8, 16),
+    fpn_channels=16,
+    head_channels=32,
+    stacked_convs=2,
+    norm_groups=8,
+    num_grids=(8, 6, 4, 3, 2),
+)
+CASES = {
+    "solo_vanilla": ("wxinlong_solo", {"head_type": "vanilla"}),
+    "solo_decoupled": ("wxinlong_decoupled", {"head_type": "decoupled"}),
+    "solo_decoupled_light": (
+        "wxinlong_decoupled_light",
+        {"head_type": "decoupled", "decoupled_shared_tower": True},
+    ),
+}
+LABELS = LabelMap(ids=(1, 3, 7, 9), names=("a", "b", "c", "d"))
+
+
+def load_case(name):
+    layout, overrides = CASES[name]
+    config = dataclasses.replace(TINY, **overrides)
+    state = torch_checkpoint.load_state_dict(os.path.join(FIXTURES, f"{name}.pth"))
+    return layout, config, state, dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
+
+
+def converted_model(layout, config, state):
+    model = factory.build_model(config)
+    variables = convert.model_variables(model, convert.LAYOUTS[layout], config)
+    convert.torch_weights.assign_torch_weights(variables, state, "fixture")
+    return model
+
+
+def assert_close(got, want, name):
+    """Within 1e-4 of the tensor's scale (its largest magnitude)."""
+    got = np.asarray(got, np.float32)
+    assert got.shape == want.shape, (name, got.shape, want.shape)
+    scale = max(float(np.abs(want).max()), 1e-6)
+    error = float(np.abs(got - want).max())
+    assert error <= 1e-4 * scale, f"{name}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    layout, config, state, arrays = load_case(request.param)
+    assert convert.detect_layout(state) == layout
+    model = converted_model(layout, config, state)
+    return request.param, config, model, arrays
+
+
+def test_pyramid_levels_and_head_logits_match_torch(case):
+    name, config, model, arrays = case
+    image = arrays["image"]  # [1, 96, 128, 3] in [0, 255]; torch saw it normalised
+    levels = model.backbone(image)
+    for level in ("P2", "P3", "P4", "P5"):
+        assert_close(levels[level], arrays[f"backbone_{level}"], f"{name} backbone {level}")
+    pyramid = model.fpn(levels)
+    for level in ("P2", "P3", "P4", "P5", "P6"):
+        assert_close(pyramid[level], arrays[f"fpn_{level}"], f"{name} FPN {level}")
+    outputs = model.head(pyramid)
+    head_keys = sorted(k for k in arrays if "logits" in k)
+    assert sorted(outputs) == head_keys
+    for key in head_keys:
+        assert_close(outputs[key], arrays[key], f"{name} {key}")
+
+
+def test_postprocessing_gives_torchs_detections(case):
+    name, config, model, arrays = case
+    torch_outputs = {k: tf.constant(v) for k, v in arrays.items() if "logits" in k}
+    info = tf.constant([[[96, 128], [96, 128], [1, 1], [0, 0]]], tf.float32)
+    post = cfg.PostprocessConfig()
+    ids = tf.constant(LABELS.class_ids)
+    want = postprocess.postprocess(torch_outputs, info, config, post, ids)
+    got = postprocess.postprocess(model(arrays["image"]), info, config, post, ids)
+    count = int(want["num_detections"][0])
+    assert count > 5, f"{name}: the fixture should give detections, got {count}"
+    assert int(got["num_detections"][0]) == count
+    np.testing.assert_array_equal(got["detection_classes"], want["detection_classes"])
+    np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=1e-4)
+    masks_got = got["detection_masks"].numpy()[0, :count].astype(bool)
+    masks_want = want["detection_masks"].numpy()[0, :count].astype(bool)
+    differing = np.logical_xor(masks_got, masks_want).sum(axis=(1, 2))
+    assert differing.max() <= 2, f"{name}: mask pixels differ by up to {differing.max()}"
+
+
+def renamed(state, old, new):
+    return {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state.items()}
+
+
+def test_mmdetection_2_names_convert_to_the_same_model():
+    layout, config, state, arrays = load_case("solo_vanilla")
+    v2 = renamed(state, "bbox_head.ins_convs.", "mask_head.mask_convs.")
+    v2 = renamed(v2, "bbox_head.cate_convs.", "mask_head.cls_convs.")
+    v2 = renamed(v2, "bbox_head.solo_ins_list.", "mask_head.conv_mask_list.")
+    v2 = renamed(v2, "bbox_head.solo_cate.", "mask_head.conv_cls.")
+    assert convert.detect_layout(v2) == "mmdet_solo"
+    model = converted_model("mmdet_solo", config, v2)
+    assert_close(model(arrays["image"])["mask_logits_0"], arrays["mask_logits_0"], "mmdet")
+
+
+def test_missing_leftover_and_misshapen_tensors_are_named():
+    layout, config, state, _ = load_case("solo_vanilla")
+    model = factory.build_model(config)
+    variables = convert.model_variables(model, convert.LAYOUTS[layout], config)
+    assign = convert.torch_weights.assign_torch_weights
+    broken = dict(state)
+    del broken["neck.fpn_convs.2.conv.bias"]
+    broken["bbox_head.extra.weight"] = np.zeros(3, np.float32)
+    broken["bbox_head.solo_cate.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError) as err:
+        assign(variables, broken, "ckpt.pth")
+    message = str(err.value)
+    assert "ckpt.pth" in message and "'neck.fpn_convs.2.conv.bias'" in message
+    assert "'bbox_head.extra.weight'" in message
+    assert "'bbox_head.solo_cate.bias' has shape (5,)" in message and "expects (4,)" in message
+
+
+def test_flagfile_must_fit_the_checkpoint():
+    _, _, state, _ = load_case("solo_decoupled")
+    with pytest.raises(ValueError, match="--head_type=decoupled"):
+        convert.check_config(convert.detect_layout(state), TINY, "d.pth")
+    with pytest.raises(ValueError, match="--backbone_type=torchvision"):
+        convert.check_config(
+            "wxinlong_solo", dataclasses.replace(TINY, backbone_type="keras_cv"), "s.pth"
+        )
+
+
+def test_coco_label_map_ships_with_the_package():
+    labels = convert.coco_label_map()
+    assert labels.num_classes == 80
+    assert labels.ids[:12] == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13)
+    assert labels.ids[-1] == 90 and list(labels.ids) == sorted(labels.ids)
+    assert labels.names[0] == "person" and labels.names[-1] == "toothbrush"
+
+
+@pytest.mark.slow
+def test_convert_writes_a_model_dir_that_restores(tmp_path):
+    layout, config, state, arrays = load_case("solo_decoupled_light")
+    solo_config = cfg.SOLOConfig(model=config, targets=cfg.TargetConfig(num_grids=config.num_grids))
+    path = os.path.join(FIXTURES, "solo_decoupled_light.pth")
+    out = str(tmp_path / "converted")
+    convert.convert_checkpoint(path, solo_config, LABELS, out)
+    assert model_dir.load_config(out) == solo_config
+    assert model_dir.load_label_map(out).ids == LABELS.ids
+    restored = factory.build_model(model_dir.load_config(out).model)
+    model_dir.restore(restored, out)
+    assert_close(restored(arrays["image"])["mask_x_logits_1"], arrays["mask_x_logits_1"], "dir")
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        convert.convert_checkpoint(path, solo_config, LABELS, out)
