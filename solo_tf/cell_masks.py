@@ -101,8 +101,9 @@ def dynamic_mask_probs(mask_features, kernels):
     shape = tf.shape(mask_features)
     flat = tf.reshape(mask_features, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
     logits = tf.matmul(tf.cast(kernels, flat.dtype), flat, transpose_b=True)  # [B, P, Hf*Wf]
-    logits = tf.reshape(logits, tf.stack([shape[0], -1, shape[1], shape[2]]))
-    return tf.sigmoid(_as_float(logits))
+    num_cells = kernels.shape[1] if kernels.shape[1] is not None else tf.shape(kernels)[1]
+    logits = tf.reshape(logits, tf.stack([shape[0], num_cells, shape[1], shape[2]]))
+    return tf.sigmoid(_as_float(logits))  # P stays static when known (fixed-shape outputs)
 
 
 def _dynamic_pairs(mask_features, batch_index, kernels):

@@ -2,7 +2,7 @@
 
 The tiny SOLO set-up: 32 x 32 input, 2 classes, num_grids (2, 1), strides (8, 16), so mask
 strides (4, 8): level 0 has 4 cells and 8 x 8 masks, level 1 one cell and 4 x 4 masks;
-G = 5 and instance masks are 8 x 8.
+G = 5 and instance masks are 8 x 8. SOLOv2 (E = 2): both levels' masks are 8 x 8 (stride 4).
 """
 
 import math
@@ -36,9 +36,13 @@ def _outputs(batch, head_type="vanilla", fill=0.0, seed=None):
         np.full(shape, fill, np.float32) if seed is None else rng.normal(size=shape)
     ).astype(np.float32)
     outputs = {}
+    if head_type == "solov2":
+        outputs["mask_features"] = make(batch, 8, 8, 2)
     for level, (grid, size) in enumerate([(2, 8), (1, 4)]):
         outputs[f"cate_logits_{level}"] = make(batch, grid, grid, 2)
-        if head_type == "vanilla":
+        if head_type == "solov2":
+            outputs[f"kernel_preds_{level}"] = make(batch, grid, grid, 2)
+        elif head_type == "vanilla":
             outputs[f"mask_logits_{level}"] = make(batch, size, size, grid * grid)
         else:
             for axis in "xy":
@@ -129,7 +133,28 @@ def test_solo_loss_hand_worked(head_type):
     assert float(losses["loss"]) == pytest.approx(cate + 3 * (dice0 + dice1) / 2, rel=1e-5)
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+def test_solov2_dice_at_stride_4_on_every_level():
+    masks = np.zeros((1, 2, 8, 8), np.uint8)
+    masks[0, 0, 2:6, 2:6] = 1  # 16 pixels
+    masks[0, 1, :3, :3] = 1  # 9 pixels: level 1 uses them as they are (no pooling)
+    targets = _targets(1, [(0, 3, 1, 0), (0, 4, 0, 1)], masks)
+    outputs = _outputs(1, "solov2")  # zero kernels: every mask probability 0.5
+    outputs["mask_features"][:] = 1.0
+    losses = solo_loss(outputs, targets, _config("solov2"), LOSS)
+    cate = (2 * 0.0625 + 8 * 0.1875) * LOG2 / (2 + 1)
+    dice0 = 1 - 2 * 0.5 * 16 / ((64 * 0.25 + 1e-3) + (16 + 1e-3))
+    dice1 = 1 - 2 * 0.5 * 9 / ((64 * 0.25 + 1e-3) + (9 + 1e-3))
+    assert float(losses["loss_cate"]) == pytest.approx(cate, rel=1e-5)
+    assert float(losses["loss_mask"]) == pytest.approx((dice0 + dice1) / 2, rel=1e-5)
+    # A kernel that reproduces instance 1 exactly: logits +-20 from features (1, +-1).
+    outputs["mask_features"][0, :, :, 1] = np.where(masks[0, 1] > 0, 1.0, -1.0)
+    outputs["kernel_preds_1"][0, 0, 0] = [0.0, 20.0]
+    perfect = solo_loss(outputs, targets, _config("solov2"), LOSS)
+    dice1 = 1 - 2 * 9 / ((9 + 1e-3) + (9 + 1e-3))  # sigmoid(+-20) is 1 or 0 to 2e-9
+    assert float(perfect["loss_mask"]) == pytest.approx((dice0 + dice1) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_empty_ground_truth(head_type):
     outputs = {k: tf.constant(v) for k, v in _outputs(2, head_type, seed=1).items()}
     with tf.GradientTape() as tape:
@@ -142,7 +167,7 @@ def test_empty_ground_truth(head_type):
     assert all(np.isfinite(g.numpy()).all() for g in grads.values() if g is not None)
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_split_batch_with_global_normalisers_sums_to_full_batch(head_type):
     rng = np.random.default_rng(3)
     masks = rng.integers(0, 2, size=(4, 2, 8, 8)).astype(np.uint8)
@@ -177,6 +202,55 @@ def test_solo_loss_in_graph_with_low_precision_outputs():
     graph = tf.function(lambda o, t: solo_loss(o, t, _config(), LOSS))(outputs, targets)
     assert eager["loss"].dtype == tf.float32
     assert float(graph["loss"]) == pytest.approx(float(eager["loss"]), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def solov2_tiny():
+    """A tiny SOLOv2 (E = 8), two 64 x 64 images and targets with four positive cells."""
+    from solo_tf.modeling.factory import build_model
+    from tests.modeling.tiny import tiny_config
+
+    config = tiny_config(head_type="solov2", mask_feature_channels=8, mask_feature_mid=8)
+    g = sum(s * s for s in config.num_grids)
+    cate, index = np.full((2, g), -1, np.int32), np.full((2, g), -1, np.int32)
+    for b, cell, cls, row in [(0, 27, 1, 0), (0, 28, 1, 0), (1, 70, 2, 1), (1, 110, 0, 0)]:
+        cate[b, cell], index[b, cell] = cls, row
+    masks = np.zeros((2, 2, 16, 16), np.uint8)
+    masks[:, 0, 4:12, 2:9], masks[:, 1, 0:5, 6:16] = 1, 1
+    targets = {"cate_targets": cate, "mask_indices": index, "instance_masks": masks}
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    return build_model(config), config, images, targets
+
+
+def test_solov2_tiny_model_loss_eager_equals_graph(solov2_tiny):
+    model, config, images, targets = solov2_tiny
+    outputs = model(images)
+    eager = solo_loss(outputs, targets, config, LOSS)
+    graph = tf.function(lambda o, t: solo_loss(o, t, config, LOSS))(outputs, targets)
+    for key in eager:
+        assert float(graph[key]) == pytest.approx(float(eager[key]), rel=1e-6)
+    assert float(eager["num_pos"]) == 4.0 and 0.0 < float(eager["loss_mask"]) < 1.0
+
+
+@pytest.mark.slow
+def test_solov2_one_training_step_reaches_every_head_weight(solov2_tiny):
+    model, config, images, targets = solov2_tiny
+    import keras
+
+    optimizer = keras.optimizers.SGD(0.01)
+    with tf.GradientTape() as tape:
+        before = solo_loss(model(images, training=True), targets, config, LOSS)
+    variables = model.trainable_variables
+    grads = tape.gradient(before["loss"], variables)
+    head = {v.path for v in model.head.trainable_variables}
+    for variable, grad in zip(variables, grads, strict=True):
+        if variable.path in head:
+            assert grad is not None and np.abs(grad.numpy()).max() > 0, variable.path
+    names = {path.split("/")[2] for path in head}
+    assert {"kernel_tower", "kernel_conv", "mask_feature_head", "cate_conv"} <= names
+    optimizer.apply_gradients(zip(grads, variables, strict=True))
+    after = solo_loss(model(images, training=True), targets, config, LOSS)
+    assert float(after["loss"]) < float(before["loss"])
 
 
 # --- gradients (float64 finite differences) ----------------------------------------------

@@ -2,7 +2,9 @@
 
 The tiny model: 64 x 64 padded input, 3 classes, num_grids (4, 2), strides (8, 16), so mask
 strides (4, 8): level 0 masks are 16 x 16 (16 cells), level 1 masks 8 x 8 (4 cells).
-Every logit is -10 (probability 4.5e-5) unless a test raises it.
+Every logit is -10 (probability 4.5e-5) unless a test raises it. SOLOv2: both levels' masks
+are 16 x 16 (stride 4), from E = 4 mask features (channel 1 all ones, the others 0 unless a test
+draws a region in them) and kernels (0, -10, 0, 0) unless a test changes them.
 """
 
 import math
@@ -29,9 +31,16 @@ def _config(head_type="vanilla"):
 
 def _outputs(batch, head_type="vanilla"):
     outputs = {}
+    if head_type == "solov2":
+        outputs["mask_features"] = np.zeros((batch, 16, 16, 4), np.float32)
+        outputs["mask_features"][..., 1] = 1.0
     for level, (grid, size) in enumerate([(4, 16), (2, 8)]):
         outputs[f"cate_logits_{level}"] = np.full((batch, grid, grid, 3), LOW, np.float32)
-        if head_type == "vanilla":
+        if head_type == "solov2":
+            kernels = np.zeros((batch, grid, grid, 4), np.float32)
+            kernels[..., 1] = LOW
+            outputs[f"kernel_preds_{level}"] = kernels
+        elif head_type == "vanilla":
             shape = (batch, size, size, grid * grid)
             outputs[f"mask_logits_{level}"] = np.full(shape, LOW, np.float32)
         else:
@@ -66,16 +75,19 @@ def _one_strong_cell(head_type="vanilla"):
     outputs["cate_logits_0"][0, 1, 2, 1] = 2.0
     if head_type == "vanilla":
         outputs["mask_logits_0"][0, 4:10, 6:12, 6] = 10.0
+    elif head_type == "solov2":  # kernel (20, -10, 0, 0): 10 inside the region, -10 outside
+        outputs["mask_features"][0, 4:10, 6:12, 0] = 1.0
+        outputs["kernel_preds_0"][0, 1, 2] = [20.0, LOW, 0.0, 0.0]
     else:
         outputs["mask_x_logits_0"][0, :, 6:12, 2] = 10.0  # column j = 2
         outputs["mask_y_logits_0"][0, 4:10, :, 1] = 10.0  # row i = 1
     return outputs
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_one_strong_cell(head_type):
     dets = _run(_one_strong_cell(head_type), _image_info(((64, 64), (64, 64))), head_type)
-    inside = _sigmoid(10.0) if head_type == "vanilla" else _sigmoid(10.0) ** 2
+    inside = _sigmoid(10.0) if head_type != "decoupled" else _sigmoid(10.0) ** 2
     assert dets["num_detections"].tolist() == [1]
     np.testing.assert_allclose(dets["detection_scores"][0, 0], _sigmoid(2.0) * inside, rtol=1e-6)
     assert dets["detection_classes"][0].tolist() == [3, 0, 0, 0, 0]
@@ -178,7 +190,7 @@ def test_batch_of_two_sizes_and_level_upsampling():
     np.testing.assert_array_equal(dets["detection_boxes"][1, 0], _box(mask))
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_batch_equals_images_alone(head_type):
     rng = np.random.default_rng(0)
     outputs = {
@@ -255,7 +267,7 @@ def test_tflite_builtins_only_and_matches_tf(nms_type):
         np.testing.assert_allclose(lite[key], value, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
+@pytest.mark.parametrize("head_type", ["vanilla", "decoupled", "solov2"])
 def test_unknown_batch_and_output_size_in_graph(head_type):
     outputs = _outputs(2, head_type)
     first = _one_strong_cell(head_type)
@@ -274,3 +286,94 @@ def test_unknown_batch_and_output_size_in_graph(head_type):
     assert result["num_detections"].numpy().tolist() == [0, 1]
     for key, value in expected.items():
         np.testing.assert_allclose(result[key].numpy(), value, rtol=1e-6)
+
+
+# --- SOLOv2 ------------------------------------------------------------------------------------
+
+
+def test_solov2_masks_at_stride_4_filtered_by_the_level_strides():
+    """Areas count stride-4 pixels for every level; the filter uses strides (8, 16)."""
+    outputs = _outputs(1, "solov2")
+    outputs["mask_features"][0, 0:3, 0:4, 2] = 1.0  # 12 pixels
+    outputs["mask_features"][0, 8:12, 8:13, 3] = 1.0  # 20 pixels
+    small, large = [0.0, LOW, 20.0, 0.0], [0.0, LOW, 0.0, 20.0]
+    # (level, row, column, kernel, class, category logit)
+    cells = [(0, 0, 3, small, 0, 2.0), (1, 0, 0, small, 2, 3.0), (1, 1, 1, large, 1, 1.0)]
+    for level, i, j, kernel, cls, logit in cells:
+        outputs[f"kernel_preds_{level}"][0, i, j] = kernel
+        outputs[f"cate_logits_{level}"][0, i, j, cls] = logit
+    dets = _run(outputs, _image_info(((64, 64), (64, 64))), "solov2")
+    # Level 0's 12 pixels pass (> 8), level 1's do not (<= 16), level 1's 20 pixels pass.
+    assert dets["num_detections"].tolist() == [2]
+    assert dets["detection_classes"][0, :2].tolist() == [1, 3]
+    scores = [_sigmoid(2.0) * _sigmoid(10.0), _sigmoid(1.0) * _sigmoid(10.0)]
+    np.testing.assert_allclose(dets["detection_scores"][0, :2], scores, rtol=1e-6)
+    # x4 bilinear of a stride-4 block: its corner pixels drop out (see test_one_strong_cell).
+    np.testing.assert_array_equal(
+        dets["detection_boxes"][0, :2], [[0, 0, 12, 16], [32, 32, 48, 52]]
+    )
+
+
+def test_solov2_tflite_builtins_only_and_matches_tf():
+    from ai_edge_litert.interpreter import Interpreter
+
+    outputs = _outputs(1, "solov2")
+    strong = _one_strong_cell("solov2")
+    outputs.update(strong)
+    outputs["cate_logits_1"][0, 0, 1, 2] = 3.0
+    outputs["mask_features"][0, 8:12, 8:13, 3] = 1.0
+    outputs["kernel_preds_1"][0, 0, 1] = [0.0, LOW, 0.0, 20.0]
+    info = _image_info(((128, 96), (64, 48)))
+    keys = sorted(outputs)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec(outputs[k].shape, tf.float32, name=k) for k in keys]
+        + [tf.TensorSpec(info.shape, tf.float32, name="image_info")]
+    )
+    def serve(*args):
+        named = dict(zip(keys, args[:-1], strict=True))
+        return postprocess(named, args[-1], _config("solov2"), POST, CLASS_IDS, (128, 96))
+
+    module = tf.Module()
+    module.serve = serve
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], module
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    op_names = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not {name for name in op_names if name.startswith("Flex") or name == "CUSTOM"}
+    assert "BATCH_MATMUL" in op_names and "CONV_2D" not in op_names
+
+    lite = interpreter.get_signature_runner()(**outputs, image_info=info)
+    expected = _run(outputs, info, "solov2", output_size=(128, 96))
+    assert expected["num_detections"].tolist() == [2]
+    for key, value in expected.items():
+        np.testing.assert_allclose(lite[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_solov2_tiny_model_end_to_end():
+    """A tiny SOLOv2's outputs: eager == tf.function == one image at a time."""
+    from solo_tf.modeling.factory import build_model
+    from solo_tf.postprocess import postprocess_each_image
+    from tests.modeling.tiny import tiny_config
+
+    config = tiny_config(head_type="solov2", mask_feature_channels=8, mask_feature_mid=8)
+    model = build_model(config)
+    rng = np.random.default_rng(4)
+    kernel = model.head.kernel_conv.kernel
+    kernel.assign(rng.normal(0.0, 0.5, kernel.shape))  # masks far from 0.5
+    model.head.cate_conv.bias.assign(np.zeros(3))  # scores about 0.5: past update_threshold
+    images = rng.uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    outputs = model(images, training=False, lazy_masks=True)
+    info = _image_info(((64, 96), (64, 96)), ((100, 150), (64, 96)))
+    post = PostprocessConfig(score_threshold=0.0, max_detections=10, nms_pre=50)
+    class_ids = np.arange(3, dtype=np.int32)
+    eager = postprocess(outputs, info, config, post, class_ids)
+    graph = tf.function(lambda o, i: postprocess(o, i, config, post, class_ids))(outputs, info)
+    each = postprocess_each_image(outputs, info, config, post, class_ids)
+    assert eager["num_detections"].numpy().min() > 0
+    assert eager["detection_masks"].shape == (2, 10, 100, 150)
+    for other in (graph, each):
+        for key, value in eager.items():
+            np.testing.assert_allclose(other[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
