@@ -179,7 +179,9 @@ class TrainConfig:
     mixed_precision: Literal["", "bfloat16", "float16"] = ""
     jit_compile: bool = False
     strategy: Literal["mirrored", "one_device", "multi_worker", "tpu"] = "mirrored"
-    pretrained_backbone: str = ""  # keras-cv preset handle, local preset dir or .weights.h5
+    # torchvision backbone: a torchvision ImageNet .pth or a .weights.h5 of ``solo_tf.convert
+    # --backbone_only``; keras_cv: a preset handle, preset directory or .weights.h5.
+    pretrained_backbone: str = ""
     seed: int = 0
 
 

@@ -26,6 +26,7 @@ SECTIONS = {
 HELP = {
     "num_classes": "Number of object categories (contiguous indices 0..C-1).",
     "backbone_depth": "ResNet depth: 18, 34, 50 or 101.",
+    "backbone_type": "torchvision (the authors' ResNet; default) or keras_cv (keras-cv presets).",
     "backbone_filters": "ResNet stage widths; empty for the standard 64,128,256,512.",
     "input_normalization": "imagenet (mean/std) or unit (x/255): must match the backbone weights.",
     "freeze_stem_and_stage1": "Freeze the ResNet stem and first stage (reference: true).",
@@ -42,10 +43,12 @@ HELP = {
     "coord_conv": "Concatenate coordinate channels to the mask branch input.",
     "mask_feature_channels": "solov2: channels E of the stride-4 mask features and kernels.",
     "mask_feature_mid": "solov2: channels of the mask feature branch's per-level convs.",
+    "decoupled_shared_tower": "Decoupled head: one mask tower for X and Y (Decoupled SOLO Light).",
     "scale_ranges": "Scale range of each level on sqrt(w*h), as lo:hi pairs.",
     "center_epsilon": "Centre region: mass centre +- epsilon * half box size.",
     "max_instances": "Instances kept per image for the targets.",
     "mask_stride": "Stride of the instance masks kept for the loss.",
+    "contested_cells": "Cell claimed by two instances: later (the authors) or smaller wins.",
     "focal_alpha": "Focal loss alpha.",
     "focal_gamma": "Focal loss gamma.",
     "cate_weight": "Weight of the category loss.",
@@ -97,7 +100,8 @@ HELP = {
     "mixed_precision": "'' (float32), bfloat16 or float16 (with loss scaling).",
     "jit_compile": "XLA-compile the model's forward and backward pass (on CPU: float32 only).",
     "strategy": "mirrored, one_device, multi_worker (TF_CONFIG) or tpu.",
-    "pretrained_backbone": "keras-cv preset handle, local preset dir or .weights.h5 file.",
+    "pretrained_backbone": "torchvision backbone: a torchvision .pth or the .weights.h5 of "
+    "solo_tf.convert --backbone_only; keras_cv: a preset handle, preset dir or .weights.h5.",
 }
 
 
