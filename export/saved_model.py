@@ -25,16 +25,19 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from export import serving_module
+from solo_tf import entry_point
 from solo_tf.detector import Detector
 from solo_tf.modeling import factory
 
 ASSET_FILES = ("label_map.json", "config.json")
 
 
-def build_archive(detector: Detector, asset_dir: str):
+def build_archive(
+    detector: Detector, asset_dir: str, max_pixels: int = serving_module.MAX_IMAGE_PIXELS
+):
     """An ``ExportArchive`` with the three serving endpoints and the two JSON assets.
 
     ``asset_dir`` must hold the asset files until ``write_out`` has copied them.
@@ -42,7 +45,7 @@ def build_archive(detector: Detector, asset_dir: str):
     archive = keras.export.ExportArchive()
     archive.track(detector.model)
     specs = serving_module.signature_specs()
-    for name, fn in serving_module.serving_functions(detector).items():
+    for name, fn in serving_module.serving_functions(detector, max_pixels).items():
         archive.add_endpoint(name, fn, input_signature=specs[name])
     contents = {"label_map.json": detector.label_map_json(), "config.json": detector.config_json()}
     assets = {}
@@ -58,12 +61,14 @@ def build_archive(detector: Detector, asset_dir: str):
     return archive
 
 
-def export_saved_model(detector: Detector, export_dir: str) -> str:
+def export_saved_model(
+    detector: Detector, export_dir: str, max_pixels: int = serving_module.MAX_IMAGE_PIXELS
+) -> str:
     """Writes the SavedModel of ``detector`` into ``export_dir`` (a version folder)."""
     if tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
         raise FileExistsError(f"{export_dir} already holds a SavedModel: pick another version")
     with tempfile.TemporaryDirectory() as asset_dir:
-        archive = build_archive(detector, asset_dir)
+        archive = build_archive(detector, asset_dir, max_pixels)
         archive.write_out(export_dir, verbose=False)
     check_export(export_dir, detector.model)
     logging.info("SavedModel written to %s", export_dir)
@@ -100,10 +105,12 @@ def export_from_model_dir(
     model_name: str = "solo",
     version: int = 1,
     compute_dtype: str = "float32",
+    max_pixels: int = serving_module.MAX_IMAGE_PIXELS,
 ) -> str:
     """Restores ``model_dir``'s checkpoint and writes ``output_dir/model_name/version``."""
     detector = Detector.from_model_dir(model_dir, checkpoint, compute_dtype)
-    return export_saved_model(detector, os.path.join(output_dir, model_name, str(version)))
+    path = os.path.join(output_dir, model_name, str(version))
+    return export_saved_model(detector, path, max_pixels)
 
 
 def main(argv):
@@ -115,6 +122,7 @@ def main(argv):
         FLAGS.model_name,
         FLAGS.version,
         FLAGS.compute_dtype,
+        FLAGS.max_image_pixels,
     )
     print(path)
 
@@ -132,6 +140,11 @@ if __name__ == "__main__":
         "Network arithmetic: float32, or bfloat16 (float32 weights, bfloat16 convolutions; "
         "~1.4x faster end to end on CPUs with AMX). Post-processing is float32 either way.",
     )
+    flags.DEFINE_integer(
+        "max_image_pixels",
+        serving_module.MAX_IMAGE_PIXELS,
+        "Refuse larger images (their masks come back at full size: ~K * H * W * 5 bytes).",
+    )
     flags.mark_flags_as_required(["model_dir", "output_dir"])
     FLAGS = flags.FLAGS
-    app.run(main)
+    entry_point.run(main)

@@ -26,15 +26,31 @@ import tensorflow as tf
 from solo_tf.detector import DETECTION_KEYS, Detector
 from solo_tf.images import decode_image_tensor
 
+# Largest image the signatures take, in pixels. The masks come back at each image's own size:
+# K of them, and the post-processing resamples them in float32, about K * H0 * W0 * 5 bytes
+# (100 detections of an 8-megapixel photo: 4 GB). Larger photos are refused with a message.
+MAX_IMAGE_PIXELS = 8_000_000
 
-def preprocess_image(image: tf.Tensor, detector: Detector):
+
+def preprocess_image(image: tf.Tensor, detector: Detector, max_pixels: int = MAX_IMAGE_PIXELS):
     """One uint8 [H0, W0, 3] image -> (float32 [H, W, 3] padded, image_info float32 [4, 2]):
-    ``Detector.preprocess`` after checking that the image is not empty."""
-    check = tf.debugging.assert_positive(
-        tf.shape(image)[:2],
-        message="image has a zero height or width: each image needs at least 1x1 pixels",
-    )
-    with tf.control_dependencies([check]):
+    ``Detector.preprocess`` after checking that the image is neither empty nor larger than
+    ``max_pixels``."""
+    size = tf.shape(image)[:2]
+    checks = [
+        tf.debugging.assert_positive(
+            size, message="image has a zero height or width: each image needs at least 1x1 pixels"
+        ),
+        tf.debugging.Assert(
+            tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64) <= max_pixels,
+            [
+                f"image larger than {max_pixels} pixels (height, width):",
+                size,
+                "; resize it on the client (the masks come back at the image's own size)",
+            ],
+        ),
+    ]
+    with tf.control_dependencies(checks):
         image = tf.identity(image)
     return detector.preprocess(image)
 
@@ -45,13 +61,13 @@ def _check_batch(batch_size: tf.Tensor, what: str):
     )
 
 
-def _preprocess_batch(fn, elems, detector: Detector, what: str):
+def _preprocess_batch(fn, elems, detector: Detector, what: str, max_pixels: int):
     """``tf.map_fn`` of ``fn(elem) -> uint8 image`` then ``preprocess_image`` over a batch."""
     height, width = detector.config.data.output_size
     with tf.control_dependencies([_check_batch(tf.shape(elems)[0], what)]):
         elems = tf.identity(elems)
     images, image_info = tf.map_fn(
-        lambda elem: preprocess_image(fn(elem), detector),
+        lambda elem: preprocess_image(fn(elem), detector, max_pixels),
         elems,
         fn_output_signature=(
             tf.TensorSpec([height, width, 3], tf.float32),
@@ -65,7 +81,13 @@ def _with_info(detections: dict, image_info: tf.Tensor) -> dict:
     return {**{k: detections[k] for k in DETECTION_KEYS}, "image_info": image_info}
 
 
-def serve_fn(detector: Detector, decode, what: str, per_image: bool = True):
+def serve_fn(
+    detector: Detector,
+    decode,
+    what: str,
+    per_image: bool = True,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+):
     """The one ``serve(inputs [B]) -> detections``: each input is turned into a uint8 image
     by ``decode``, resized and padded, and the batch goes through ``detector.detect``.
 
@@ -74,7 +96,7 @@ def serve_fn(detector: Detector, decode, what: str, per_image: bool = True):
     """
 
     def serve(inputs):
-        padded, image_info = _preprocess_batch(decode, inputs, detector, what)
+        padded, image_info = _preprocess_batch(decode, inputs, detector, what, max_pixels)
         return _with_info(detector.detect(padded, image_info, per_image=per_image), image_info)
 
     return serve
@@ -94,7 +116,7 @@ def _decode_example(serialized: tf.Tensor) -> tf.Tensor:
 _DECODERS = {
     "serving_default": (
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),  # one size per batch
-        tf.identity,
+        tf.identity,  # the batch is split into images by the map
     ),
     "serve_image_bytes": (
         tf.TensorSpec([None], tf.string, name="image_bytes"),
@@ -131,9 +153,12 @@ def signature_specs() -> dict[str, list[tf.TensorSpec]]:
     return {name: [spec] for name, (spec, _) in _DECODERS.items()}
 
 
-def serving_functions(detector: Detector) -> dict:
+def serving_functions(detector: Detector, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
     """Endpoint name -> Python function, in the order of ``signature_specs``."""
-    return {name: serve_fn(detector, decode, name) for name, (_, decode) in _DECODERS.items()}
+    return {
+        name: serve_fn(detector, decode, name, max_pixels=max_pixels)
+        for name, (_, decode) in _DECODERS.items()
+    }
 
 
 def as_numpy(outputs: dict) -> dict[str, np.ndarray]:

@@ -26,12 +26,12 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from tensorflow.lite.python import convert as lite_convert
 
 from export import serving_module
 from solo_tf import config as cfg
-from solo_tf import exported, images
+from solo_tf import entry_point, exported, images
 from solo_tf.detector import Detector
 
 QUANTIZATIONS = {
@@ -270,4 +270,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_calibration", 50, "Calibration images to use (int8).")
     flags.mark_flags_as_required(["model_dir", "output_dir"])
     FLAGS = flags.FLAGS
-    app.run(main)
+    entry_point.run(main)

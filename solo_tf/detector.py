@@ -117,14 +117,23 @@ class Detector:
         inputs = preprocess_for_eval({"image": image, "image_id": 0}, self.config.data)
         return inputs["image"], inputs["image_info"]
 
-    def detect_image(self, image: np.ndarray, detect_fn=None) -> dict[str, np.ndarray]:
+    def detect_image(
+        self, image: np.ndarray, detect_fn=None, full_size: bool = True
+    ) -> dict[str, np.ndarray]:
         """One uint8 [H0, W0, 3] image -> its detections as numpy, cut to the valid rows:
         ``detection_scores`` [n], ``detection_classes`` [n], ``detection_masks`` uint8
-        [n, H0, W0], ``detection_boxes`` [n, 4]."""
+        [n, H0, W0], ``detection_boxes`` [n, 4].
+
+        ``full_size=False``: masks and boxes at the resized image's size (the model's
+        resolution, at most ``data.output_size``), a uniform scaling of the original, so that
+        a 24-megapixel photo costs the memory of a 1333-pixel one."""
         detect_fn = detect_fn or self.detect_fn()
         padded, image_info = self.preprocess(image)
+        if not full_size:  # the scaled size stands in for the original
+            image_info = tf.tensor_scatter_nd_update(image_info, [[0]], image_info[1:2])
         dets = detect_fn(padded[None], image_info[None])
-        return one_image({k: v.numpy() for k, v in dets.items()}, 0, image.shape[:2])
+        size = tf.cast(tf.round(image_info[0]), tf.int32).numpy()
+        return one_image({k: v.numpy() for k, v in dets.items()}, 0, size)
 
 
 def one_image(outputs: dict, index: int = 0, size=None) -> dict[str, np.ndarray]:

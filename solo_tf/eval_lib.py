@@ -26,6 +26,7 @@ from solo_tf import exported, visualize
 from solo_tf.data import inputs
 from solo_tf.data.coco import CocoReader
 from solo_tf.detector import Detector
+from solo_tf.images import ResizedMasks
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
 
@@ -69,6 +70,28 @@ def detections_to_coco_results(
                     "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
                 }
             )
+    return results
+
+
+def image_results(dets: dict[str, np.ndarray], image_id: int, size) -> list[dict]:
+    """COCO result dicts of one image's detections (valid rows only) whose masks [n, h, w]
+    are a uniform scaling of the image (``h, w`` its size or smaller): each mask is resized
+    (nearest) to ``size`` = (H0, W0) and encoded one at a time; ``bbox`` from the mask."""
+    masks = ResizedMasks(np.asarray(dets["detection_masks"], np.uint8), size)
+    results = []
+    for k, mask in enumerate(masks):
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(dets["detection_classes"][k]),
+                "segmentation": rle,
+                "score": float(dets["detection_scores"][k]),
+                "bbox": bbox,
+            }
+        )
     return results
 
 
@@ -138,8 +161,33 @@ def _per_category_ap(coco_eval: COCOeval, coco_gt: COCO) -> dict[str, float]:
 
 
 def _load_coco(path) -> COCO:
+    """The ground truth, without the polygons pycocotools cannot rasterise (fewer than 3
+    points): each is named in a warning; an annotation left without one is dropped (the
+    readers skip them the same way under ``bad_sample_policy=skip``)."""
+    with tf.io.gfile.GFile(os.fspath(path)) as f:
+        data = json.load(f)
+    kept = []
+    for ann in data.get("annotations", []):
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, list):
+            polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
+            if len(polygons) < len(segmentation):
+                logging.warning(
+                    "%s: annotation %s (image %s) has polygons of fewer than 3 points; "
+                    "they are left out of the ground truth",
+                    path,
+                    ann.get("id"),
+                    ann.get("image_id"),
+                )
+            if not polygons:
+                continue
+            ann = {**ann, "segmentation": polygons}
+        kept.append(ann)
+    coco = COCO()
+    coco.dataset = {**data, "annotations": kept}
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(os.fspath(path))
+        coco.createIndex()
+    return coco
 
 
 def write_metrics_json(path: str | os.PathLike, metrics: dict) -> None:

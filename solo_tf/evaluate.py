@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags, logging
 
-from solo_tf import eval_lib
+from solo_tf import entry_point, eval_lib
 from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.detector import Detector
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry_point.run(main)

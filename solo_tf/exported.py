@@ -25,13 +25,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from solo_tf.data.label_map import LabelMap
 from solo_tf.detector import one_image
-from solo_tf.images import boxes_from_masks, letterbox, to_input_dtype
-
-
-def _nearest_indices(out_size: int, in_size: int) -> np.ndarray:
-    """Half-pixel nearest-neighbour source index of each output index (tf.image.resize)."""
-    index = np.floor((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64)
-    return np.minimum(index, in_size - 1)
+from solo_tf.images import boxes_from_masks, letterbox, resize_masks_nearest, to_input_dtype
 
 
 def find_version_dir(path: str) -> str:
@@ -93,16 +87,20 @@ class TFLitePredictor:
         outputs = self._runner(image=to_input_dtype(np.asarray(image), self.input_dtype))
         return {key: np.asarray(value) for key, value in outputs.items()}
 
-    def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    def predict(
+        self, image: np.ndarray, full_size: bool = True
+    ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """``full_size=False`` leaves the masks at the scaled image's size (the model's
+        resolution), a uniform scaling of the original: large photos then cost no memory."""
         padded, image_info = letterbox(image, self.input_size, self.input_dtype)
         dets = one_image(self.run(padded[None]))
-        height, width = image.shape[:2]
         scaled_h, scaled_w = (int(round(v)) for v in image_info[1])
-        rows = _nearest_indices(height, scaled_h)
-        cols = _nearest_indices(width, scaled_w)
-        masks = dets["detection_masks"][:, :scaled_h, :scaled_w]
-        dets["detection_masks"] = masks[:, rows][:, :, cols]  # [n, H0, W0]
-        dets["detection_boxes"] = boxes_from_masks(dets["detection_masks"])
+        dets["detection_masks"] = dets["detection_masks"][:, :scaled_h, :scaled_w]
+        if full_size:
+            dets["detection_masks"] = resize_masks_nearest(
+                dets["detection_masks"], image.shape[:2]
+            )  # [n, H0, W0]
+            dets["detection_boxes"] = boxes_from_masks(dets["detection_masks"])
         return dets, self.names
 
     __call__ = predict

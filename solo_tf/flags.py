@@ -77,7 +77,10 @@ HELP = {
     "bad_sample_policy": "error: stop on a bad sample; skip: count, log and skip it.",
     "deterministic": "Deterministic input order and augmentation (seeded).",
     "seed": "Random seed of the input pipeline and initialisation.",
-    "shuffle_buffer": "Shuffle buffer (image indices).",
+    "shuffle_buffer": "Training shuffle buffer: image indices (COCO JSON) or decoded examples "
+    "(TFRecords).",
+    "max_skip_fraction": "With --bad_sample_policy=skip: stop once more than this fraction of "
+    "the images could not be read.",
     "parallel_calls": "Parallel decode/augment calls; -1 for AUTOTUNE.",
     "model_dir": "Checkpoints, summaries and logs; a run resumes from here.",
     "global_batch_size": "Images per step over all replicas.",

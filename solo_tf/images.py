@@ -124,6 +124,38 @@ def to_input_dtype(pixels: np.ndarray, dtype) -> np.ndarray:
     return pixels.astype(dtype)
 
 
+def nearest_indices(out_size: int, in_size: int) -> np.ndarray:
+    """Half-pixel nearest-neighbour source index of each output index (tf.image.resize)."""
+    index = np.floor((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64)
+    return np.minimum(index, in_size - 1)
+
+
+def resize_masks_nearest(masks: np.ndarray, size) -> np.ndarray:
+    """uint8 masks [n, h, w] -> [n, H, W] (nearest neighbour, as ``tf.image.resize``)."""
+    rows, cols = (
+        nearest_indices(int(size[0]), masks.shape[1]),
+        nearest_indices(int(size[1]), masks.shape[2]),
+    )
+    return masks[:, rows][:, :, cols]
+
+
+class ResizedMasks:
+    """A read-only sequence of masks [n, h, w] seen at another size, each resized (nearest)
+    only when it is read: the masks of a large photo never exist at full size all at once."""
+
+    def __init__(self, masks: np.ndarray, size):
+        self._masks, self.size = masks, (int(size[0]), int(size[1]))
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return resize_masks_nearest(self._masks[index : index + 1], self.size)[0]
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     """float32 [n, 4] tight boxes (ymin, xmin, ymax, xmax; max exclusive) of masks [n, H, W];
     an empty mask gets a zero box."""

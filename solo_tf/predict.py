@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+import tensorflow as tf
 from absl import app, flags, logging
+from PIL import Image
 from tqdm.auto import tqdm
 
-from solo_tf import eval_lib, exported, images, visualize
+from solo_tf import entry_point, eval_lib, exported, images, visualize
 from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.detector import Detector
-from solo_tf.onnx_runtime import ONNXPredictor
 
 solo_flags.define_flags()
 flags.DEFINE_string("images", None, "An image file, a folder of images, or a glob.")
@@ -28,6 +30,7 @@ flags.DEFINE_string("tflite", "", "Use this .tflite file instead.")
 flags.DEFINE_string("onnx", "", "Use this .onnx file (export.onnx) in ONNX Runtime instead.")
 flags.DEFINE_float("draw_threshold", 0.3, "Draw detections scoring at least this.")
 flags.DEFINE_integer("max_images", 0, "Stop after this many images (0: all).")
+flags.DEFINE_integer("max_overlay_side", 2048, "Overlays of larger images are shrunk to this.")
 flags.mark_flag_as_required("images")
 FLAGS = flags.FLAGS
 
@@ -50,24 +53,17 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     results, failed = [], []
     outputs = overlay_paths(files, FLAGS.output_dir)
-    for index, (path, output) in enumerate(tqdm(list(zip(files, outputs, strict=True)), unit="img")):
+    for index, (path, output) in enumerate(tqdm(list(zip(files, outputs, strict=True)))):
         try:
             image = images.read_image(path)
-        except ValueError as error:  # report every unreadable file and go on
-            logging.error("%s", error)
+            dets, names = predict(image)
+        except (ValueError, tf.errors.InvalidArgumentError) as error:  # the others go on
+            logging.error("%s: %s", path, entry_point.readable_message(error))
             failed.append(path)
             continue
-        dets, names = predict(image)
-        keep = dets["detection_scores"] >= FLAGS.draw_threshold
-        picture = visualize.draw_detections(
-            image,
-            dets["detection_masks"][keep],
-            dets["detection_classes"][keep],
-            dets["detection_scores"][keep],
-            names,
-        )
-        picture.save(output)
-        results += _coco_results(dets, index, path)
+        draw(image, dets, names).save(output)
+        for result in eval_lib.image_results(dets, index, image.shape[:2]):
+            results.append({**result, "file_name": os.path.basename(path)})
     with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
         json.dump(results, f)
     logging.info(
@@ -79,31 +75,41 @@ def main(argv):
     )
 
 
+def draw(image, dets: dict, names: dict):
+    """The overlay of the detections scoring ``--draw_threshold`` or more, on the image
+    shrunk to ``--max_overlay_side`` (masks are resized one at a time as they are drawn)."""
+    scale = min(1.0, FLAGS.max_overlay_side / max(image.shape[:2]))
+    if scale < 1.0:
+        size = [max(1, round(s * scale)) for s in image.shape[:2]]
+        image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+    keep = dets["detection_scores"] >= FLAGS.draw_threshold
+    return visualize.draw_detections(
+        image,
+        images.ResizedMasks(dets["detection_masks"][keep], image.shape[:2]),
+        dets["detection_classes"][keep],
+        dets["detection_scores"][keep],
+        names,
+    )
+
+
 def _make_predictor():
-    """``predict(image uint8 [H, W, 3]) -> (detections of that image, id -> name)``."""
+    """``predict(image uint8 [H, W, 3]) -> (detections of that image, id -> name)``; masks
+    at the model's resolution where the runner allows it (memory bounded for any photo)."""
     if FLAGS.saved_model:
         return exported.SavedModelPredictor(FLAGS.saved_model).predict
     if FLAGS.tflite:
-        return exported.TFLitePredictor(FLAGS.tflite).predict
-    if FLAGS.onnx:
-        return ONNXPredictor(FLAGS.onnx).predict
+        runner = exported.TFLitePredictor(FLAGS.tflite)
+        return lambda image: runner.predict(image, full_size=False)
     if not FLAGS.model_dir:
         raise app.UsageError("give --model_dir, --saved_model or --tflite")
     config = solo_flags.config_from_flags(base=model_dir_lib.load_config(FLAGS.model_dir))
     detector = Detector.from_model_dir(FLAGS.model_dir, FLAGS.checkpoint, config=config)
     detect_fn = detector.detect_fn()
-    return lambda image: (detector.detect_image(image, detect_fn), detector.names)
-
-
-def _coco_results(dets, index, path) -> list[dict]:
-    """COCO results of one image's detections, with its file name."""
-    batch = {k: v[None] for k, v in dets.items()}
-    batch["num_detections"] = [len(dets["detection_scores"])]
-    results = eval_lib.detections_to_coco_results(batch, [index])
-    for result in results:
-        result["file_name"] = os.path.basename(path)
-    return results
+    return lambda image: (
+        detector.detect_image(image, detect_fn, full_size=False),
+        detector.names,
+    )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry_point.run(main)

@@ -9,7 +9,7 @@ import os
 
 from absl import app, flags, logging
 
-from solo_tf import eval_lib, train_lib
+from solo_tf import entry_point, eval_lib, train_lib
 from solo_tf import flags as solo_flags
 from solo_tf.detector import Detector
 
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry_point.run(main)

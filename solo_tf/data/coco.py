@@ -77,8 +77,10 @@ class CocoReader:
         image_dir: str,
         skip_empty: bool = False,
         bad_sample_policy: str = "error",
+        max_skip_fraction: float = 0.25,
     ):
         self._annotation_file = annotation_file
+        self._max_skip_fraction = max_skip_fraction
         self._image_dir = image_dir
         self._skip_empty = skip_empty
         self._policy = errors.check_policy(bad_sample_policy)
@@ -90,6 +92,7 @@ class CocoReader:
         self._coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self._coco.createIndex()
+        self._num_listed = len(data["images"])
         self._entries = []
         for image in data["images"]:
             entry = self._make_entry(image)
@@ -209,26 +212,54 @@ class CocoReader:
 
     def decode_index(self, index):
         """Graph-mode decode of one image index: ``(example, valid)``; ``valid`` is False
-        for a sample skipped under the ``skip`` policy."""
+        for a sample skipped under the ``skip`` policy.
+
+        A bad sample under ``error`` (or too many skips under ``skip``) fails with an
+        ``InvalidArgumentError`` carrying the reader's message (file, image id). No Python
+        exception ever leaves the ``py_function``: one raised there leaves tf.data's
+        parallel map to hang in its destructor."""
         outputs = tf.py_function(
-            self._load_py, [index], Tout=[dtype for _, dtype, _ in _SPEC] + [tf.bool]
+            self._load_py, [index], Tout=[dtype for _, dtype, _ in _SPEC] + [tf.bool, tf.string]
         )
+        problem = outputs[-1]
+        check = tf.debugging.Assert(tf.equal(problem, ""), [problem])
         example = {}
-        for (key, _, shape), value in zip(_SPEC, outputs[:-1], strict=True):
-            value.set_shape(shape)
-            example[key] = value
-        valid = outputs[-1]
+        with tf.control_dependencies([check]):
+            for (key, _, shape), value in zip(_SPEC, outputs[:-2], strict=True):
+                value = tf.identity(value)
+                value.set_shape(shape)
+                example[key] = value
+            valid = tf.identity(outputs[-2])
         valid.set_shape([])
         return example, valid
 
     def _load_py(self, index):
-        example = self.load(int(index.numpy()))
+        """``load`` for ``py_function``: the example's arrays, valid, and '' or the error."""
+        problem = ""
+        try:
+            example = self.load(int(index.numpy()))
+            self._check_skips()
+        except Exception as error:  # noqa: BLE001 - reported through the graph, see above
+            example, problem = None, f"{type(error).__name__}: {error}"
+            if isinstance(error, (errors.BadSampleError, errors.TooManySkipsError)):
+                problem = str(error)
         if example is None:
             empty = [np.zeros([0] * len(shape), dtype.as_numpy_dtype) for _, dtype, shape in _SPEC]
             empty[0] = np.zeros([0, 0, 3], np.uint8)
             empty[-1] = np.zeros([2], np.int32)
-            return empty + [False]
-        return [example[key] for key, _, _ in _SPEC] + [True]
+            return empty + [False, problem]
+        return [example[key] for key, _, _ in _SPEC] + [True, problem]
+
+    def _check_skips(self) -> None:
+        """Raises ``TooManySkipsError`` once more than ``max_skip_fraction`` of the images
+        were skipped: a dataset that is mostly unreadable is a mistake, not noise."""
+        skipped = self._skips.images_skipped
+        if skipped > self._max_skip_fraction * max(self._num_listed, 1):
+            raise errors.TooManySkipsError(
+                f"{self._annotation_file}: {skipped} of {self._num_listed} images could not be "
+                f"read ({dict(self.skipped)}), more than --max_skip_fraction="
+                f"{self._max_skip_fraction}; is --{{train,val}}_images ({self._image_dir}) right?"
+            )
 
     # Eager validation (``__init__``).
 

@@ -39,6 +39,10 @@ class BadSampleError(ValueError):
         self.annotation_id = annotation_id
 
 
+class TooManySkipsError(ValueError):
+    """More samples were skipped than ``max_skip_fraction`` allows."""
+
+
 def check_policy(policy: str) -> str:
     if policy not in POLICIES:
         raise ValueError(f"bad_sample_policy must be one of {POLICIES}, got {policy!r}")
@@ -55,6 +59,7 @@ class SkipLog:
     def __init__(self):
         self._lock = threading.Lock()
         self._seen: set[tuple] = set()
+        self._images: set = set()  # ids of the images dropped whole
         self._counts: collections.Counter = collections.Counter()
 
     def record(self, error: BadSampleError) -> None:
@@ -64,7 +69,15 @@ class SkipLog:
                 return
             self._seen.add(key)
             self._counts[error.reason] += 1
+            if error.reason not in (DEGENERATE_POLYGON, EMPTY_MASK):
+                self._images.add(error.image_id)
         logging.warning("skipped (%s): %s", error.reason, error)
+
+    @property
+    def images_skipped(self) -> int:
+        """How many images were dropped whole."""
+        with self._lock:
+            return len(self._images)
 
     @property
     def counts(self) -> collections.Counter:

@@ -130,6 +130,7 @@ def open_source(data: cfg.DataConfig, split: str) -> Source:
         images,
         skip_empty=(split == "train" and data.skip_empty),
         bad_sample_policy=policy,
+        max_skip_fraction=data.max_skip_fraction,
     )
     return Source(
         reader.label_map,

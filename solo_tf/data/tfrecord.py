@@ -29,10 +29,11 @@ import re
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from official.vision.data import tfrecord_lib
 from official.vision.dataloaders import tf_example_decoder
 
+from solo_tf import entry_point
 from solo_tf.data import errors
 from solo_tf.data.coco import CocoReader
 from solo_tf.data.label_map import LabelMap
@@ -296,4 +297,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    entry_point.run(main)

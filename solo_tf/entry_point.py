@@ -1,0 +1,58 @@
+"""How every ``python -m solo_tf.<name>`` ends: ``run(main)`` instead of ``absl.app.run``.
+
+An error ends the process at once with exit code 1 and one readable line on stderr: the
+error's own message (file, image id...), without TensorFlow's graph-node decorations; the
+traceback goes to the log at debug level. The process leaves through ``os._exit``: after an
+error inside tf.data, the destructors of its iterators can wait forever on decoding threads
+that need the interpreter, and an input error must never look like a hang.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import re
+import sys
+import traceback
+
+import tensorflow as tf
+from absl import app, logging
+
+_DECORATIONS = (
+    r"\{\{function_node [^}]*\}\}",  # {{function_node __wrapped__IteratorGetNext...}}
+    r"\[\[\{\{node [^}]*\}\}\]\]",  # [[{{node EagerPyFunc}}]]
+    r"\[Op:\w+\]",
+    r"\bname: *$",
+)
+
+
+def readable_message(error: BaseException) -> str:
+    """The message of ``error`` with TensorFlow's decorations and assertion wrapper removed."""
+    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    for pattern in _DECORATIONS:
+        message = re.sub(pattern, "", message, flags=re.MULTILINE)
+    match = re.search(r"assertion failed: \[(.*)\]", message, flags=re.DOTALL)
+    if match:
+        message = match.group(1)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
+
+
+def run(main) -> None:
+    """``absl.app.run(main)``; an exception from ``main`` ends the process as described above."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (SystemExit, app.UsageError):
+            raise
+        except BaseException as error:  # noqa: BLE001 - every error ends the same way
+            logging.debug("%s", traceback.format_exc())
+            name = os.path.basename(sys.argv[0]) or "solo_tf"
+            sys.stderr.write(f"{name}: error: {readable_message(error)}\n")
+            std_logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+
+    app.run(guarded)
