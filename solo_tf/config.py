@@ -146,8 +146,12 @@ class DataConfig:
     flip_probability: float = 0.5
     skip_empty: bool = True  # training: drop images without usable instances
     bad_sample_policy: Literal["error", "skip"] = "error"
+    # Under "skip": stop with an error once more than this fraction of the images is skipped.
+    max_skip_fraction: float = 0.25
     deterministic: bool = False
     seed: int = 0
+    # Training shuffle buffer: image indices for COCO JSON (free: images are decoded after the
+    # shuffle; the paper flagfiles shuffle all of COCO), decoded examples for TFRecords.
     shuffle_buffer: int = 1000
     parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
 
