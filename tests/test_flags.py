@@ -69,3 +69,36 @@ def test_helpfull_lists_flags():
     ).stdout
     for name in ("--num_grids", "--head_type", "--mixed_precision", "--model_dir"):
         assert name in out
+
+
+SOLOV2_FLAGFILES = {  # name: (depth, tower width, tower depth, E, first scale range, AP)
+    "solov2_r50": (50, 512, 4, 256, (1.0, 96.0), "37.5"),
+    "solov2_r101": (101, 512, 4, 256, (1.0, 96.0), "39.1"),
+    "solov2_light_r50_448": (50, 256, 2, 128, (1.0, 56.0), "33.7"),
+    "solov2_light_r34_448": (34, 256, 2, 128, (1.0, 56.0), "32.0"),
+    "solov2_light_r18_448": (18, 256, 2, 128, (1.0, 56.0), "29.6"),
+}
+
+
+def test_solov2_flagfiles_are_the_authors_configs():
+    for name, (depth, width, convs, e, first_range, ap) in SOLOV2_FLAGFILES.items():
+        path = os.path.join(ROOT, "experiments", f"{name}.flags")
+        config = solo_flags.config_from_flags(parse([f"--flagfile={path}"]))
+        model = config.model
+        assert (model.head_type, model.backbone_depth) == ("solov2", depth), name
+        assert (model.head_channels, model.stacked_convs) == (width, convs), name
+        assert (model.mask_feature_channels, model.mask_feature_mid) == (e, 128), name
+        assert model.mask_strides == (4, 4, 4, 4, 4) and config.targets.mask_stride == 4
+        assert config.targets.scale_ranges[0] == first_range, name
+        assert config.train.warmup_factor == 0.01 and config.train.epochs == 36
+        light = "light" in name
+        assert config.data.short_sides == (
+            (352, 384, 416, 448, 480, 512) if light else (640, 672, 704, 736, 768, 800)
+        )
+        assert config.data.eval_short_side == (448 if light else 800)
+        assert config.data.max_long_side == (768 if light else 1333)
+        with open(path) as f:
+            header = f.read().split("\n--")[0]
+        assert f"mask AP {ap}" in header, name
+        for word in ("Run:", "Hardware:", "Time:", "Expected:"):
+            assert word in header, f"{name}.flags header lacks {word}"
