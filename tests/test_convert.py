@@ -169,3 +169,16 @@ def test_convert_writes_a_model_dir_that_restores(tmp_path):
     assert_close(restored(arrays["image"])["mask_x_logits_1"], arrays["mask_x_logits_1"], "dir")
     with pytest.raises(ValueError, match="already holds checkpoints"):
         convert.convert_checkpoint(path, solo_config, LABELS, out)
+
+
+def test_backbone_only_writes_what_pretrained_backbone_loads(tmp_path):
+    source = os.path.join(FIXTURES, "resnet18_narrow.pth")
+    output = str(tmp_path / "r18.weights.h5")
+    convert.convert_backbone(source, 18, output, filters=(8, 8, 16, 16))
+    config = dataclasses.replace(TINY, backbone_depth=18, backbone_filters=(8, 8, 16, 16))
+    model = factory.build_model(config)
+    factory.load_pretrained_backbone(model, output)
+    want = np.load(os.path.join(FIXTURES, "resnet18_narrow.npz"))
+    assert_close(model.backbone(want["image"])["P4"], want["P4"], "backbone_only P4")
+    with pytest.raises(ValueError, match="does not fit a torchvision ResNet-50"):
+        factory.load_pretrained_backbone(factory.build_model(TINY), output)
