@@ -25,6 +25,7 @@ LABEL_MAP = LabelMap(ids=(1, 5, 9), names=("circle", "square", "triangle"))
 # Category logits: this spread, with this quantile of the probe's cells at logit 0.
 CATE_SPREAD, CATE_QUANTILE = 4.0, 0.99
 MASK_SPREAD = 8.0  # std of the mask logits around a zero median
+SOLOV2_E = 16  # SOLOv2 mask feature (= kernel) channels
 # Original sizes of the test images: wider, taller, square, larger than the input.
 IMAGE_SIZES = ((96, 128), (120, 80), (64, 64), (200, 150))
 
@@ -41,6 +42,8 @@ def tiny_config(head_type: str = "vanilla") -> cfg.SOLOConfig:
             stacked_convs=1,
             norm_groups=8,
             num_grids=GRIDS,
+            mask_feature_channels=SOLOV2_E,  # SOLOv2 only
+            mask_feature_mid=16,
         ),
         targets=cfg.TargetConfig(num_grids=GRIDS),
         postprocess=cfg.PostprocessConfig(nms_pre=100, update_threshold=0.3, max_detections=20),
@@ -53,6 +56,8 @@ def _mask_convs(model, head_type: str) -> dict:
     head, levels = model.head, range(len(GRIDS))
     if head_type == "vanilla":
         return {f"mask_logits_{level}": head.mask_convs[level] for level in levels}
+    if head_type == "solov2":  # no per-cell mask conv: see _sharpen_kernels
+        return {}
     return {
         f"mask_{axis}_logits_{level}": head.mask_conv(axis, level)
         for axis in ("x", "y")
@@ -85,7 +90,25 @@ def build_model(config: cfg.SOLOConfig, seed: int = 0):
     for name, conv in _mask_convs(model, config.model.head_type).items():
         logits = outputs[name].numpy().reshape(-1, conv.filters)
         _rescale(conv, logits, MASK_SPREAD, np.median(logits, axis=0))
+    if config.model.head_type == "solov2":
+        _sharpen_kernels(model, outputs)
     return model
+
+
+def _sharpen_kernels(model, outputs) -> None:
+    """SOLOv2: scales the kernel conv so that the mask logits (kernel . features, no bias)
+    of the probe have std ``MASK_SPREAD``."""
+    features = outputs["mask_features"].numpy().reshape(-1, SOLOV2_E)
+    kernels = np.concatenate(
+        [
+            outputs[f"kernel_preds_{level}"].numpy().reshape(-1, SOLOV2_E)
+            for level in range(len(GRIDS))
+        ]
+    )
+    scale = MASK_SPREAD / ((features @ kernels.T).std() + 1e-6)
+    conv = model.head.kernel_conv
+    conv.kernel.assign(conv.kernel.numpy() * scale)
+    conv.bias.assign(conv.bias.numpy() * scale)
 
 
 def write_model_dir(model_dir: str, seed: int = 0, head_type: str = "vanilla"):
