@@ -7,17 +7,18 @@ Run with a Python that has torch and torchvision (not a dependency of solo-tf):
 It builds torchvision's ResNet (its own BasicBlock / Bottleneck classes, narrow stage widths
 so the files stay small) and the authors' FPN and SOLO heads written in torch from their
 code (WXinlong/SOLO: ``mmdet/models/necks/fpn.py``, ``anchor_heads/solo_head.py``,
-``decoupled_solo_head.py``, ``decoupled_solo_light_head.py``), with the authors' parameter
+``decoupled_solo_head.py``, ``decoupled_solo_light_head.py``, ``solov2_head.py``,
+``mask_heads/mask_feat_head.py``), with the authors' parameter
 names, fills them with seeded random weights, runs them on fixed inputs and saves:
 
 * ``torch_reader_{zip,legacy}.pth`` + ``torch_reader_expected.npz``: odd tensors (views,
   float16, bfloat16, int64, bool) in both ``torch.save`` formats, for the reader;
 * ``resnet18_narrow.pth`` (legacy format) + ``.npz``: a ResNet-18 on a 97 x 131 input (odd
   sizes: padding and output-size formula), its four levels;
-* ``solo_{vanilla,decoupled,decoupled_light}.pth`` + ``.npz``: ResNet-50 (narrow) + FPN +
-  head on a 96 x 128 input (the authors pad to multiples of 32): backbone levels, FPN levels
-  and head logits in NHWC under solo-tf's output names. ``solo_decoupled.pth`` is in the
-  legacy format, the others zip.
+* ``solo_{vanilla,decoupled,decoupled_light}.pth``, ``solov2.pth`` + ``.npz``: ResNet-50
+  (narrow) + FPN + head on a 96 x 128 input (the authors pad to multiples of 32): backbone
+  levels, FPN levels and head outputs in NHWC under solo-tf's output names.
+  ``solo_decoupled.pth`` is in the legacy format, the others zip.
 
 Everything is float32 and deterministic (seed 0).
 """
@@ -44,6 +45,8 @@ NORM_GROUPS = 8  # the authors hard-code GroupNorm(32); 8 groups of 4 channels h
 STACKED_CONVS = 2
 NUM_GRIDS = (8, 6, 4, 3, 2)
 NUM_CLASSES = 4  # category channels (the authors' num_classes - 1)
+MASK_FEATURE_MID = 16  # SOLOv2 mask feature branch: per-level convs (MaskFeatHead out_channels)
+MASK_FEATURE_CHANNELS = 16  # E: mask features and dynamic kernels (its num_classes)
 
 
 def narrow_resnet(block, layers, widths):
@@ -221,14 +224,68 @@ class DecoupledSOLOLightHead(nn.Module):
         return out
 
 
+class SOLOv2Head(nn.Module):
+    """WXinlong/SOLO's SOLOv2Head (anchor_heads/solov2_head.py): coordinates concatenated,
+    the whole map resized to S x S, the category branch without the coordinates."""
+
+    def __init__(self, fpn_channels):
+        super().__init__()
+        self.kernel_convs = tower(fpn_channels + 2)
+        self.cate_convs = tower(fpn_channels)
+        self.solo_cate = nn.Conv2d(HEAD_CHANNELS, NUM_CLASSES, 3, padding=1)
+        self.solo_kernel = nn.Conv2d(HEAD_CHANNELS, MASK_FEATURE_CHANNELS, 3, padding=1)
+
+    def forward(self, feats):
+        out = {}
+        for idx, x in enumerate(split_feats(feats)):
+            xs, ys = coords(x)
+            kernel = F.interpolate(torch.cat([x, xs, ys], 1), size=NUM_GRIDS[idx], mode="bilinear")
+            cate = kernel[:, :-2]
+            out[f"kernel_preds_{idx}"] = self.solo_kernel(run(self.kernel_convs, kernel))
+            out[f"cate_logits_{idx}"] = self.solo_cate(run(self.cate_convs, cate))
+        return out
+
+
+class MaskFeatHead(nn.Module):
+    """WXinlong/SOLO's MaskFeatHead (mask_heads/mask_feat_head.py), start 0, end 3."""
+
+    def __init__(self, fpn_channels):
+        super().__init__()
+        mid = MASK_FEATURE_MID
+        self.convs_all_levels = nn.ModuleList()
+        for level in range(4):
+            convs = nn.Sequential()
+            for unit in range(max(level, 1)):
+                cin = fpn_channels + (2 if level == 3 else 0) if unit == 0 else mid
+                convs.add_module(f"conv{unit}", ConvModule(cin, mid, 3, norm=True))
+                if level > 0:
+                    convs.add_module(
+                        f"upsample{unit}",
+                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                    )
+            self.convs_all_levels.append(convs)
+        self.conv_pred = nn.Sequential(ConvModule(mid, MASK_FEATURE_CHANNELS, 1, norm=True))
+
+    def forward(self, inputs):
+        total = 0
+        for level, x in enumerate(inputs):
+            if level == 3:
+                xs, ys = coords(x)
+                x = torch.cat([x, xs, ys], 1)
+            total = total + self.convs_all_levels[level](x)
+        return self.conv_pred(total)
+
+
 class Detector(nn.Module):
-    """The authors' SingleStageInsDetector: backbone, neck, bbox_head."""
+    """The authors' SingleStageInsDetector: backbone, neck, bbox_head (+ mask_feat_head)."""
 
     def __init__(self, head_class):
         super().__init__()
         self.backbone = narrow_resnet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], WIDTHS)
         self.neck = FPN([4 * w for w in WIDTHS], FPN_CHANNELS)
         self.bbox_head = head_class(FPN_CHANNELS)
+        if head_class is SOLOv2Head:
+            self.mask_feat_head = MaskFeatHead(FPN_CHANNELS)
 
 
 def randomize(module, seed):
@@ -252,7 +309,7 @@ def randomize(module, seed):
                 tensor.copy_(uniform(tensor.shape, 0.5, 1.5))
             elif name.endswith("downsample.1.weight") or name.endswith("gn.weight"):
                 tensor.copy_(uniform(tensor.shape, 0.5, 1.5))
-            elif "solo_cate" in name or "dsolo_cate" in name:
+            elif "solo_cate" in name:
                 tensor.copy_(normal(tensor.shape, 0.5, -1.0))  # some cells score > 0.1
             else:
                 tensor.copy_(normal(tensor.shape, 0.1))
@@ -323,6 +380,8 @@ def solo_fixture(name, head_class, legacy):
         levels = resnet_levels(model.backbone, to_torch(image))
         pyramid = model.neck(levels)
         head = model.bbox_head(pyramid)
+        if hasattr(model, "mask_feat_head"):
+            head["mask_features"] = model.mask_feat_head(pyramid[:4])
     arrays = {"image": image}
     arrays.update({f"backbone_P{k + 2}": nhwc(x) for k, x in enumerate(levels)})
     arrays.update({f"fpn_P{k + 2}": nhwc(x) for k, x in enumerate(pyramid)})
@@ -338,6 +397,7 @@ def main():
     solo_fixture("solo_vanilla", SOLOHead, legacy=False)
     solo_fixture("solo_decoupled", DecoupledSOLOHead, legacy=True)
     solo_fixture("solo_decoupled_light", DecoupledSOLOLightHead, legacy=False)
+    solo_fixture("solov2", SOLOv2Head, legacy=False)
     for name in sorted(os.listdir(OUT)):
         print(f"{os.path.getsize(os.path.join(OUT, name)):>9}  {name}")
 

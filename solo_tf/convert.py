@@ -14,7 +14,8 @@ recognised from its parameter names:
 | ``wxinlong_solo`` | WXinlong/SOLO ``SOLO_R50_1x.pth`` ... | vanilla |
 | ``wxinlong_decoupled`` | ``DECOUPLED_SOLO_R50_3x.pth`` ... | decoupled |
 | ``wxinlong_decoupled_light`` | ``DECOUPLED_SOLO_LIGHT_R50_3x.pth`` ... | decoupled, shared tower |
-| ``mmdet_solo``, ``mmdet_decoupled``, ``mmdet_decoupled_light`` | mmdetection 2.x | as above |
+| ``wxinlong_solov2`` | ``SOLOv2_R50_3x.pth``, ``SOLOv2_LIGHT_448_R50_3x.pth`` ... | solov2 |
+| ``mmdet_{solo,decoupled,decoupled_light,solov2}`` | mmdetection 2.x / 3.x | as above |
 
 and must agree with the flagfile's model (``head_type``, ``decoupled_shared_tower``,
 ``backbone_type=torchvision``); the shapes then check depth, widths, grids and classes.
@@ -53,62 +54,81 @@ class Layout:
     head_type: str
     shared_tower: bool
     towers: dict  # torch tower name -> Keras tower attribute of the head
-    mask_convs: dict  # torch ModuleList name -> Keras name pattern with {level}
-    cate_conv: str
+    mask_convs: dict  # torch ModuleList of per-level convs -> Keras name pattern with {level}
+    convs: dict  # torch name of a single conv -> Keras attribute (category, kernel)
+    # SOLOv2: (torch prefix of the mask feature branch, torch name of its last ConvModule).
+    mask_feature: tuple = ()
 
 
-def _layout(prefix, head_type, shared, towers, mask_convs, cate):
-    return Layout(prefix, head_type, shared, towers, mask_convs, cate)
-
-
+WX, MM = "bbox_head.", "mask_head."
+SOLO_TOWERS = {"ins_convs": "mask_tower", "cate_convs": "cate_tower"}
+MM_SOLO_TOWERS = {"mask_convs": "mask_tower", "cls_convs": "cate_tower"}
 LAYOUTS = {
-    "wxinlong_solo": _layout(
-        "bbox_head.",
+    "wxinlong_solo": Layout(
+        WX,
         "vanilla",
         False,
-        {"ins_convs": "mask_tower", "cate_convs": "cate_tower"},
+        SOLO_TOWERS,
         {"solo_ins_list": "mask_conv_{level}"},
-        "solo_cate",
+        {"solo_cate": "cate_conv"},
     ),
-    "wxinlong_decoupled": _layout(
-        "bbox_head.",
+    "wxinlong_decoupled": Layout(
+        WX,
         "decoupled",
         False,
         {"ins_convs_x": "mask_tower_x", "ins_convs_y": "mask_tower_y", "cate_convs": "cate_tower"},
         {"dsolo_ins_list_x": "mask_conv_x_{level}", "dsolo_ins_list_y": "mask_conv_y_{level}"},
-        "dsolo_cate",
+        {"dsolo_cate": "cate_conv"},
     ),
-    "wxinlong_decoupled_light": _layout(
-        "bbox_head.",
+    "wxinlong_decoupled_light": Layout(
+        WX,
         "decoupled",
         True,
         {"ins_convs": "mask_tower_xy", "cate_convs": "cate_tower"},
         {"dsolo_ins_list_x": "mask_conv_x_{level}", "dsolo_ins_list_y": "mask_conv_y_{level}"},
-        "dsolo_cate",
+        {"dsolo_cate": "cate_conv"},
     ),
-    "mmdet_solo": _layout(
-        "mask_head.",
+    "wxinlong_solov2": Layout(
+        WX,
+        "solov2",
+        False,
+        {"kernel_convs": "kernel_tower", "cate_convs": "cate_tower"},
+        {},
+        {"solo_cate": "cate_conv", "solo_kernel": "kernel_conv"},
+        ("mask_feat_head.", "conv_pred.0"),
+    ),
+    "mmdet_solo": Layout(
+        MM,
         "vanilla",
         False,
-        {"mask_convs": "mask_tower", "cls_convs": "cate_tower"},
+        MM_SOLO_TOWERS,
         {"conv_mask_list": "mask_conv_{level}"},
-        "conv_cls",
+        {"conv_cls": "cate_conv"},
     ),
-    "mmdet_decoupled": _layout(
-        "mask_head.",
+    "mmdet_decoupled": Layout(
+        MM,
         "decoupled",
         False,
         {"mask_convs_x": "mask_tower_x", "mask_convs_y": "mask_tower_y", "cls_convs": "cate_tower"},
         {"conv_mask_list_x": "mask_conv_x_{level}", "conv_mask_list_y": "mask_conv_y_{level}"},
-        "conv_cls",
+        {"conv_cls": "cate_conv"},
     ),
-    "mmdet_decoupled_light": _layout(
-        "mask_head.",
+    "mmdet_decoupled_light": Layout(
+        MM,
         "decoupled",
         True,
         {"mask_convs": "mask_tower_xy", "cls_convs": "cate_tower"},
         {"conv_mask_list_x": "mask_conv_x_{level}", "conv_mask_list_y": "mask_conv_y_{level}"},
-        "conv_cls",
+        {"conv_cls": "cate_conv"},
+    ),
+    "mmdet_solov2": Layout(
+        MM,
+        "solov2",
+        False,
+        {"kernel_convs": "kernel_tower", "cls_convs": "cate_tower"},
+        {},
+        {"conv_cls": "cate_conv", "conv_kernel": "kernel_conv"},
+        ("mask_head.mask_feature_head.", "conv_pred"),
     ),
 }
 
@@ -118,7 +138,7 @@ def detect_layout(state: dict, source: str = "checkpoint") -> str:
     names = set(state)
 
     def has(layout: Layout) -> bool:
-        modules = [*layout.towers, *layout.mask_convs, layout.cate_conv]
+        modules = [*layout.towers, *layout.mask_convs, *layout.convs]
         found = all(any(n.startswith(f"{layout.head_prefix}{m}.") for n in names) for m in modules)
         return found and not _has_foreign_towers(layout, names)
 
@@ -126,8 +146,8 @@ def detect_layout(state: dict, source: str = "checkpoint") -> str:
     if len(matches) != 1:
         heads = sorted({".".join(n.split(".")[:2]) for n in names if "_head." in n})
         raise ValueError(
-            f"{source}: not a SOLO / Decoupled SOLO / Decoupled SOLO Light checkpoint of a "
-            f"known layout (head modules: {heads[:12]}); matches {matches}"
+            f"{source}: not a SOLO / Decoupled SOLO / Decoupled SOLO Light / SOLOv2 checkpoint "
+            f"of a known layout (head modules: {heads[:12]}); matches {matches}"
         )
     return matches[0]
 
@@ -155,13 +175,35 @@ def head_variables(head, layout: Layout, stacked_convs: int, num_levels: int) ->
             norm = getattr(tower, f"gn_{i}")
             variables[f"{p}{torch_tower}.{i}.gn.weight"] = norm.gamma
             variables[f"{p}{torch_tower}.{i}.gn.bias"] = norm.beta
-    convs = {f"{p}{layout.cate_conv}": head.cate_conv}
+    convs = {f"{p}{torch_name}": getattr(head, name) for torch_name, name in layout.convs.items()}
     for torch_list, keras_pattern in layout.mask_convs.items():
         for level in range(num_levels):
             convs[f"{p}{torch_list}.{level}"] = getattr(head, keras_pattern.format(level=level))
     for name, conv in convs.items():
         variables[f"{name}.weight"] = conv.kernel
         variables[f"{name}.bias"] = conv.bias
+    if layout.mask_feature:
+        variables.update(mask_feature_variables(head.mask_feature_head, *layout.mask_feature))
+    return variables
+
+
+def mask_feature_variables(branch, prefix: str, pred: str) -> dict:
+    """{torch name: Keras variable} of SOLOv2's mask feature branch (``MaskFeatureHead``):
+    ``convs_all_levels.{i}.conv{j}.{conv,gn}`` and the last 1x1 ConvModule ``pred``."""
+    variables = {}
+    units = [
+        (
+            f"convs_all_levels.{level}.conv{unit}",
+            f"level_{level}_conv_{unit}",
+            f"level_{level}_gn_{unit}",
+        )
+        for level in range(branch.num_levels)
+        for unit in range(branch.num_units(level))
+    ]
+    for torch_name, conv, norm in [*units, (pred, "pred_conv", "pred_gn")]:
+        variables[f"{prefix}{torch_name}.conv.weight"] = getattr(branch, conv).kernel
+        variables[f"{prefix}{torch_name}.gn.weight"] = getattr(branch, norm).gamma
+        variables[f"{prefix}{torch_name}.gn.bias"] = getattr(branch, norm).beta
     return variables
 
 
@@ -300,7 +342,7 @@ def _flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from solo_tf import entry_point
 
     _flags()
-    app.run(main)
+    entry_point.run(main)

@@ -35,7 +35,12 @@ CASES = {
         "wxinlong_decoupled_light",
         {"head_type": "decoupled", "decoupled_shared_tower": True},
     ),
+    "solov2": (
+        "wxinlong_solov2",
+        {"head_type": "solov2", "mask_feature_channels": 16, "mask_feature_mid": 16},
+    ),
 }
+NOT_HEAD = ("image", "backbone_", "fpn_")
 LABELS = LabelMap(ids=(1, 3, 7, 9), names=("a", "b", "c", "d"))
 
 
@@ -80,7 +85,7 @@ def test_pyramid_levels_and_head_logits_match_torch(case):
     for level in ("P2", "P3", "P4", "P5", "P6"):
         assert_close(pyramid[level], arrays[f"fpn_{level}"], f"{name} FPN {level}")
     outputs = model.head(pyramid)
-    head_keys = sorted(k for k in arrays if "logits" in k)
+    head_keys = sorted(k for k in arrays if not k.startswith(NOT_HEAD))
     assert sorted(outputs) == head_keys
     for key in head_keys:
         assert_close(outputs[key], arrays[key], f"{name} {key}")
@@ -88,7 +93,7 @@ def test_pyramid_levels_and_head_logits_match_torch(case):
 
 def test_postprocessing_gives_torchs_detections(case):
     name, config, model, arrays = case
-    torch_outputs = {k: tf.constant(v) for k, v in arrays.items() if "logits" in k}
+    torch_outputs = {k: tf.constant(v) for k, v in arrays.items() if not k.startswith(NOT_HEAD)}
     info = tf.constant([[[96, 128], [96, 128], [1, 1], [0, 0]]], tf.float32)
     post = cfg.PostprocessConfig()
     ids = tf.constant(LABELS.class_ids)
@@ -182,3 +187,21 @@ def test_backbone_only_writes_what_pretrained_backbone_loads(tmp_path):
     assert_close(model.backbone(want["image"])["P4"], want["P4"], "backbone_only P4")
     with pytest.raises(ValueError, match="does not fit a torchvision ResNet-50"):
         factory.load_pretrained_backbone(factory.build_model(TINY), output)
+
+
+def test_mmdetection_solov2_names_convert_to_the_same_model():
+    layout, config, state, arrays = load_case("solov2")
+    renames = [
+        ("bbox_head.kernel_convs.", "mask_head.kernel_convs."),
+        ("bbox_head.cate_convs.", "mask_head.cls_convs."),
+        ("bbox_head.solo_cate.", "mask_head.conv_cls."),
+        ("bbox_head.solo_kernel.", "mask_head.conv_kernel."),
+        ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
+        ("mask_feat_head.", "mask_head.mask_feature_head."),
+    ]
+    for old, new in renames:
+        state = renamed(state, old, new)
+    assert convert.detect_layout(state) == "mmdet_solov2"
+    outputs = converted_model("mmdet_solov2", config, state)(arrays["image"])
+    assert_close(outputs["mask_features"], arrays["mask_features"], "mmdet solov2")
+    assert_close(outputs["kernel_preds_2"], arrays["kernel_preds_2"], "mmdet solov2")
