@@ -1,11 +1,13 @@
-"""Latency of exported models: a SavedModel and TFLite files, batch 1, on this machine.
+"""Latency of exported models: a SavedModel, TFLite and ONNX files, batch 1, on this machine.
 
 Usage:
   python benchmarks/export_latency.py --saved_model runs/demo/saved_model/solo/1 \
-      --tflite runs/bench/tflite512/model_fp32.tflite,... --size 512,512 --runs 30 --write
+      --tflite runs/bench/tflite512/model_fp32.tflite,... \
+      --onnx runs/bench/onnx512/model.onnx --size 512,512 --runs 30 --write
 
 Each model gets a warm-up call, then ``--runs`` timed calls on a random uint8 image of the
-given size; models are timed in turns (round robin) so drift hits all alike. Prints a
+given size; models are timed in turns (round robin) so drift hits all alike. TFLite runs in
+the LiteRT interpreter and ONNX in ONNX Runtime (CPU provider), both with 2 threads. Prints a
 markdown table (median and p90 ms, file size) and with ``--write`` replaces the section
 "## Exported models" of docs/benchmarks.md.
 """
@@ -46,17 +48,29 @@ def make_runners(args, image):
             lambda: predictor.run(image[None]),
             dir_size(exported.find_version_dir(args.saved_model)),
         )
-    for path in filter(None, args.tflite.split(",")):
-        predictor = exported.TFLitePredictor(path)
+    fixed_size = [("TFLite", path, exported.TFLitePredictor) for path in _split(args.tflite)]
+    fixed_size += [("ONNX Runtime", path, _onnx_predictor) for path in _split(args.onnx)]
+    for kind, path, make in fixed_size:
+        predictor = make(path)
         size = predictor.input_size
         if tuple(size) != image.shape[:2]:
             raise SystemExit(f"{path} takes {size}, not {image.shape[:2]}: export it at --size")
         pixels = images_lib.to_input_dtype(image.astype(np.float32), predictor.input_dtype)
-        runners[f"TFLite {os.path.basename(path)}"] = (
+        runners[f"{kind} {os.path.basename(path)}"] = (
             lambda p=predictor, x=pixels[None]: p.run(x),
             dir_size(path),
         )
     return runners
+
+
+def _split(paths: str) -> list[str]:
+    return [p for p in paths.split(",") if p]
+
+
+def _onnx_predictor(path: str):
+    from solo_tf.onnx_runtime import ONNXPredictor  # noqa: PLC0415 - optional extra
+
+    return ONNXPredictor(path)
 
 
 def time_round_robin(runners, runs: int) -> dict[str, list[float]]:
@@ -77,7 +91,7 @@ def table(runners, times, args) -> str:
         "",
         f"Batch 1, random uint8 {args.size} image, median and p90 of {args.runs} runs after a "
         f"warm-up, models timed in turns, on {platform.machine()} with {os.cpu_count()} cores "
-        "(TFLite: LiteRT interpreter, 2 threads). Command:",
+        "(TFLite: LiteRT interpreter, ONNX: ONNX Runtime CPU provider, 2 threads each). Command:",
         "",
         f"    python benchmarks/export_latency.py {' '.join(sys.argv[1:])}",
         "",
@@ -96,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--saved_model", default="")
     parser.add_argument("--tflite", default="", help="comma-separated .tflite files")
+    parser.add_argument("--onnx", default="", help="comma-separated .onnx files (export.onnx)")
     parser.add_argument("--size", default="512,512")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--write", action="store_true")
