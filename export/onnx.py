@@ -26,10 +26,12 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from export import serving_module, tflite
 from solo_tf import config as cfg
+from solo_tf import entry_point
+from solo_tf.detector import Detector
 
 FILE_NAME = "model.onnx"
 DEFAULT_OPSET = 17
@@ -37,12 +39,8 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 INPUT_TYPE = "uint8"
 
 
-def load_detector(model_dir: str, checkpoint: str = "best"):
+def load_detector(model_dir: str, checkpoint: str = "best") -> Detector:
     """The restored model with its config and label map (``.model .config .label_map``)."""
-    try:
-        from solo_tf.detector import Detector  # noqa: PLC0415
-    except ImportError:  # before the Detector refactor
-        Detector = serving_module.ExportSource  # noqa: N806
     return Detector.from_model_dir(model_dir, checkpoint)
 
 
@@ -233,4 +231,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("keep_saved_model", "", "Also keep the converted SavedModel here.")
     flags.mark_flags_as_required(["model_dir", "output_dir"])
     FLAGS = flags.FLAGS
-    app.run(main)
+    entry_point.run(main)
