@@ -227,3 +227,32 @@ def test_jit_with_bfloat16_is_refused_on_cpu():
         )
     train_lib.check_jit_and_precision(cfg.TrainConfig(jit_compile=True))  # float32: fine
     train_lib.check_jit_and_precision(cfg.TrainConfig(mixed_precision="bfloat16"))
+
+
+@pytest.mark.slow  # trains
+def test_solov2_trains_checkpoints_and_evaluates(tmp_path, tiny_shapes):
+    """SOLOv2 through the real loop: 2 steps, periodic evaluation, restore and evaluate."""
+    solov2 = ["--head_type=solov2", "--mask_feature_channels=16", "--mask_feature_mid=16"]
+    run(
+        tmp_path,
+        tiny_shapes,
+        *solov2,
+        "--total_steps=2",
+        "--steps_per_loop=1",
+        "--checkpoint_every=2",
+        "--eval_every=2",
+        f"--val_annotations={tiny_shapes['val_annotations']}",
+        f"--val_images={tiny_shapes['val_images']}",
+    )
+    with open(tmp_path / "metrics_0.json") as f:
+        metrics = json.load(f)
+    assert metrics["step"] == 2 and metrics["finite"] == 1.0
+    assert 0.0 < metrics["loss_mask"] < 1.0 and np.isfinite(metrics["loss"])
+    moved = max_abs_diff(weights(tmp_path), weights_at_init(tmp_path, tiny_shapes, solov2))
+    assert moved > 1e-4
+    with open(tmp_path / "best" / "metrics.json") as f:
+        best = json.load(f)
+    detector = Detector.from_model_dir(str(tmp_path), "best")
+    assert detector.model.head.__class__.__name__ == "SOLOv2Head"
+    evaluated = eval_lib.evaluate_detector(detector, batch_size=4, progress=False)
+    assert evaluated["AP"] == pytest.approx(best["AP"], abs=1e-6)
