@@ -95,10 +95,13 @@ def test_no_pairs_gives_empty_result_in_graph(head_type):
     assert positives_of(tf.ones([B, S * S], tf.bool)).shape == (B * S * S, HM, WM)
 
 
-def test_low_precision_logits_give_float32():
-    outputs = {k: tf.cast(v, tf.bfloat16) for k, v in _decoupled_outputs().items()}
-    probs = cell_mask_probs(outputs, 1, *PAIRS, "decoupled", S)
+@pytest.mark.parametrize("head_type", ["decoupled", "solov2"])
+def test_low_precision_logits_give_float32(head_type):
+    outputs = {k: tf.cast(v, tf.bfloat16) for k, v in _outputs(head_type).items()}
+    probs = cell_mask_probs(outputs, 1, *PAIRS, head_type, S)
     assert probs.dtype == tf.float32
+    batched = cell_masks.batched_cell_mask_probs(outputs, 1, [[0, 4], [8, 5]], head_type, S)
+    assert batched.dtype == tf.float32
 
 
 @pytest.mark.parametrize("head_type", ["vanilla", "decoupled"])
