@@ -92,8 +92,9 @@ def predict(
 ) -> list[dict[str, np.ndarray]]:
     """POSTs the images to TF Serving's REST API and returns ``parse_response``'s list."""
     body = json.dumps(build_request(images, signature_name)).encode("utf-8")
+    url = predict_url(server, model, version)
     request = urllib.request.Request(
-        predict_url(server, model, version),
+        url,
         data=body,
         headers={"Content-Type": "application/json"},
         method="POST",
@@ -108,6 +109,9 @@ def predict(
         except json.JSONDecodeError:
             pass
         raise RuntimeError(f"{error.code} from {error.url}: {detail}") from None
+    except (urllib.error.URLError, OSError) as error:  # refused, unknown host, timeout
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(f"cannot reach TF Serving at {url}: {reason}") from None
     return parse_response(response)
 
 
@@ -155,6 +159,15 @@ def load_names(label_map: str) -> dict[int, str]:
 
 
 def main(argv=None) -> int:
+    """The command line; an error ends it with exit code 1 and one line on stderr."""
+    try:
+        return _main(argv)
+    except (OSError, RuntimeError, ValueError) as error:  # ConnectionError is an OSError
+        sys.stderr.write(f"client: error: {error}\n")
+        return 1
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="http://localhost:8501")
     parser.add_argument("--model", default="solo")

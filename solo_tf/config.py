@@ -155,6 +155,16 @@ class DataConfig:
     shuffle_buffer: int = 1000
     parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
 
+    def __post_init__(self):
+        size = tuple(self.output_size)
+        if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
+            raise ValueError(
+                f"--output_size={','.join(map(str, size))}: need height,width, both positive "
+                "multiples of 32 (the backbone's largest stride)"
+            )
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--max_skip_fraction={self.max_skip_fraction}: need 0 to 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -187,6 +197,12 @@ class TrainConfig:
     # --backbone_only``; keras_cv: a preset handle, preset directory or .weights.h5.
     pretrained_backbone: str = ""
     seed: int = 0
+
+    def __post_init__(self):
+        if self.global_batch_size < 1:
+            raise ValueError(
+                f"--global_batch_size={self.global_batch_size}: need at least 1 image per step"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
