@@ -9,9 +9,10 @@ Both formats ``torch.save`` writes are read:
 
 The unpickler only builds what checkpoints contain (tensors rebuilt by
 ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter``, storage types,
-``collections.OrderedDict``, NumPy arrays and scalars in metadata); any other global is
-refused, so a checkpoint cannot run code. Tensors become ``np.ndarray`` (bfloat16 as
-float32).
+``collections.OrderedDict``, NumPy arrays and scalars in metadata); objects of the training
+frameworks (mmengine, mmcv, mmdet, detectron2) stored beside the weights become inert
+``Opaque`` stand-ins, and any other global is refused, so a checkpoint cannot run code.
+Tensors become ``np.ndarray`` (bfloat16 as float32).
 """
 
 from __future__ import annotations
@@ -103,6 +104,25 @@ ALLOWED_GLOBALS = {
 }
 
 
+class Opaque:
+    """Stands for an object of a training framework (mmengine's message hub, schedulers...)
+    stored beside the weights: it keeps its arguments and state and runs none of its code."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<{type(self).__name__} (not loaded)>"
+
+
+# Packages whose objects checkpoints carry beside the state dict (mmengine checkpoints hold a
+# MessageHub with HistoryBuffers); they become Opaque stand-ins, never imported or run.
+TRAINING_STATE_PACKAGES = ("mmengine", "mmcv", "mmdet", "detectron2", "fvcore", "adet")
+
+
 class _Unpickler(pickle.Unpickler):
     """Builds only ALLOWED_GLOBALS and storage types; storages stay references."""
 
@@ -115,6 +135,8 @@ class _Unpickler(pickle.Unpickler):
             return StorageType(name)
         if (module, name) in ALLOWED_GLOBALS:
             return ALLOWED_GLOBALS[(module, name)]
+        if module.split(".")[0] in TRAINING_STATE_PACKAGES:
+            return type(f"{module}.{name}", (Opaque,), {})
         raise pickle.UnpicklingError(
             f"{self.path}: the checkpoint pickles {module}.{name}, which a PyTorch "
             "checkpoint of tensors does not hold; refusing to load it"

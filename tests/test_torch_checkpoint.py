@@ -82,3 +82,19 @@ def test_non_tensor_entry_is_named(tmp_path):
         pickle.dump([], f, protocol=2)
     with pytest.raises(ValueError, match="'epoch' is a int"):
         torch_checkpoint.load_state_dict(str(path))
+
+
+def test_training_framework_objects_become_inert_stand_ins(tmp_path):
+    # An mmengine checkpoint keeps a MessageHub of HistoryBuffers beside the state dict.
+    path = tmp_path / "mmengine.pth"
+    with open(path, "wb") as f:
+        for obj in (torch_checkpoint.LEGACY_MAGIC_NUMBER, 1001, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        f.write(b"(dp0\nS'message_hub'\np1\nc" + b"mmengine.logging.message_hub\nMessageHub\n")
+        f.write(b"p2\n(S'hub'\ntRp3\n(dp4\nS'x'\nI1\nsbs.")
+        pickle.dump([], f, protocol=2)
+    hub = torch_checkpoint.load(str(path))["message_hub"]
+    assert isinstance(hub, torch_checkpoint.Opaque) and hub.args == ("hub",)
+    assert hub.state == {"x": 1}
+    with pytest.raises(ValueError, match="'message_hub' is a mmengine.logging"):
+        torch_checkpoint.load_state_dict(str(path))
