@@ -273,14 +273,14 @@ def convert_backbone(
     ``prefix``: the backbone's name prefix in the checkpoint ("backbone." to take the
     backbone of a detector checkpoint; its other tensors are then dropped, by prefix).
     """
+    if not output.endswith(".weights.h5"):
+        raise ValueError(f"--output must end in .weights.h5, got {output!r}")
     state = torch_checkpoint.load_state_dict(checkpoint)
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     state = {k: v for k, v in state.items() if k not in resnet.CLASSIFIER_TENSORS}
     backbone = resnet.TorchvisionResNet(depth=depth, filters=tuple(filters))
     torch_weights.assign_torch_weights(resnet.torch_variables(backbone), state, checkpoint)
-    if not output.endswith(".weights.h5"):
-        raise ValueError(f"--output must end in .weights.h5, got {output!r}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     backbone.save_weights(output)
 
