@@ -37,9 +37,12 @@ import dataclasses
 import json
 import os
 
+from absl import app, flags, logging
+
 from solo_tf import config as cfg
+from solo_tf import entry_point, torch_checkpoint, torch_weights
+from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
-from solo_tf import torch_checkpoint, torch_weights
 from solo_tf.data.label_map import LabelMap
 from solo_tf.modeling import factory, resnet
 
@@ -294,10 +297,6 @@ def coco_label_map() -> LabelMap:
 def main(argv):
     """``python -m solo_tf.convert``: flags become arguments of the functions above."""
     del argv
-    from absl import app, logging
-
-    from solo_tf import flags as solo_flags
-
     FLAGS = _flags()
     if not FLAGS.checkpoint:
         raise app.UsageError("give --checkpoint")
@@ -323,10 +322,6 @@ def main(argv):
 
 
 def _flags():
-    from absl import flags
-
-    from solo_tf import flags as solo_flags
-
     solo_flags.define_flags()
     if "checkpoint" not in flags.FLAGS:
         flags.DEFINE_string("checkpoint", "", "The PyTorch .pth checkpoint to convert.")
@@ -342,7 +337,5 @@ def _flags():
 
 
 if __name__ == "__main__":
-    from solo_tf import entry_point
-
     _flags()
     entry_point.run(main)

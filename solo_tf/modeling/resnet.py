@@ -22,6 +22,7 @@ import os
 
 import keras
 
+from solo_tf import torch_checkpoint, torch_weights
 from solo_tf.modeling.normalization import NORMALIZATIONS, ImageNormalization, check_normalization
 
 # depth -> (blocks per stage, bottleneck?)
@@ -194,7 +195,6 @@ def load_torchvision_weights(backbone: TorchvisionResNet, source: str) -> None:
     ``python -m solo_tf.convert --backbone_only``. Raises FileNotFoundError or ValueError
     naming ``source`` (and the tensors) when it does not fit.
     """
-    from solo_tf import torch_checkpoint, torch_weights  # not at import: they need no Keras
 
     source = os.fspath(source)
     if not os.path.isfile(source):
