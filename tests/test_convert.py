@@ -5,6 +5,7 @@ without torch, the Keras model must give the same pyramid levels and head logits
 post-processing the same detections."""
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ import tensorflow as tf
 from solo_tf import config as cfg
 from solo_tf import convert, model_dir, postprocess, torch_checkpoint
 from solo_tf.data.label_map import LabelMap
-from solo_tf.modeling import factory
+from solo_tf.modeling import factory, resnet
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # The fixtures' model (the constants of scripts/make_torch_fixtures.py).
@@ -51,8 +52,14 @@ def load_case(name):
     return layout, config, state, dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
 
 
+@functools.cache
+def built_model(config):
+    """One Keras model per config for the whole file (building dominates the run time)."""
+    return factory.build_model(config)
+
+
 def converted_model(layout, config, state):
-    model = factory.build_model(config)
+    model = built_model(config)
     variables = convert.model_variables(model, convert.LAYOUTS[layout], config)
     convert.torch_weights.assign_torch_weights(variables, state, "fixture")
     return model
@@ -127,7 +134,7 @@ def test_mmdetection_2_names_convert_to_the_same_model():
 
 def test_missing_leftover_and_misshapen_tensors_are_named():
     layout, config, state, _ = load_case("solo_vanilla")
-    model = factory.build_model(config)
+    model = built_model(config)
     variables = convert.model_variables(model, convert.LAYOUTS[layout], config)
     assign = convert.torch_weights.assign_torch_weights
     broken = dict(state)
@@ -180,13 +187,12 @@ def test_backbone_only_writes_what_pretrained_backbone_loads(tmp_path):
     source = os.path.join(FIXTURES, "resnet18_narrow.pth")
     output = str(tmp_path / "r18.weights.h5")
     convert.convert_backbone(source, 18, output, filters=(8, 8, 16, 16))
-    config = dataclasses.replace(TINY, backbone_depth=18, backbone_filters=(8, 8, 16, 16))
-    model = factory.build_model(config)
-    factory.load_pretrained_backbone(model, output)
+    backbone = resnet.TorchvisionResNet(depth=18, filters=(8, 8, 16, 16))
+    resnet.load_torchvision_weights(backbone, output)
     want = np.load(os.path.join(FIXTURES, "resnet18_narrow.npz"))
-    assert_close(model.backbone(want["image"])["P4"], want["P4"], "backbone_only P4")
+    assert_close(backbone(want["image"])["P4"], want["P4"], "backbone_only P4")
     with pytest.raises(ValueError, match="does not fit a torchvision ResNet-50"):
-        factory.load_pretrained_backbone(factory.build_model(TINY), output)
+        resnet.load_torchvision_weights(resnet.TorchvisionResNet(50, filters=(4, 4, 8, 16)), output)
 
 
 def test_mmdetection_solov2_names_convert_to_the_same_model():
