@@ -126,3 +126,23 @@ def test_head_config_round_trip(head_type):
     )
     clone = HEADS[head_type].from_config(head.get_config())
     assert clone.get_config() == head.get_config()
+
+
+def test_decoupled_light_shares_one_tower_with_both_coordinates():
+    """Decoupled SOLO Light: one mask tower (first conv sees F + 2: features, x, y) feeds the
+    X and the Y convs; 3 variables per tower conv, X and Y convs per level as before."""
+    head = DecoupledSOLOHead(
+        3,
+        num_grids=(4, 4, 3, 2, 2),
+        head_channels=8,
+        stacked_convs=2,
+        norm_groups=2,
+        shared_tower=True,
+    )
+    out = head(_features())
+    assert head.mask_tower("x") is head.mask_tower("y") is head.mask_tower_xy
+    assert head.mask_tower_xy.conv_0.kernel.shape == (3, 3, 8 + 2, 8)
+    assert len(head.trainable_weights) == (3 * 2 + 2) + (3 * 2 + 2 * 2 * 5)
+    assert out["mask_x_logits_0"].shape == out["mask_y_logits_0"].shape == (1, 32, 16, 4)
+    clone = DecoupledSOLOHead.from_config(head.get_config())
+    assert clone.shared_tower and clone.get_config() == head.get_config()
