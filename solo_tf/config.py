@@ -237,7 +237,12 @@ def to_dict(config) -> dict:
 
 
 def from_dict(data: dict) -> SOLOConfig:
-    """Inverse of ``to_dict`` for ``SOLOConfig``; unknown keys raise a KeyError naming them."""
+    """Inverse of ``to_dict`` for ``SOLOConfig``; unknown keys raise a KeyError naming them.
+
+    A model section without ``backbone_type`` was written when keras-cv's ResNet was the only
+    backbone, a targets section without ``contested_cells`` when the smaller instance won:
+    they keep that meaning (the model_dir's checkpoints need it).
+    """
 
     def build(cls, values):
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -251,9 +256,12 @@ def from_dict(data: dict) -> SOLOConfig:
             kwargs[name] = value
         return cls(**kwargs)
 
+    # config.json files written before these fields existed describe the behaviour of then.
+    model = {"backbone_type": "keras_cv", **data.get("model", {})}
+    targets = {"contested_cells": "smaller", **data.get("targets", {})}
     return SOLOConfig(
-        model=build(ModelConfig, data.get("model", {})),
-        targets=build(TargetConfig, data.get("targets", {})),
+        model=build(ModelConfig, model),
+        targets=build(TargetConfig, targets),
         loss=build(LossConfig, data.get("loss", {})),
         postprocess=build(PostprocessConfig, data.get("postprocess", {})),
         data=build(DataConfig, data.get("data", {})),
