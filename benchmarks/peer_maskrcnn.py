@@ -1,7 +1,7 @@
 """The peer: TF Model Garden's Mask R-CNN R50-FPN, built, exported and trained by Model Garden.
 
 Everything comes from ``tf-models-official`` (Keras 2 through ``tf_keras``), so this module is
-imported only by the peer's own subprocesses (``benchmarks.compare`` never mixes it with a
+imported only by the peer's own subprocesses (``benchmarks.workers`` never mixes it with a
 Keras 3 SOLO model in one process):
 
 * ``experiment_config(image_size)``: the ``maskrcnn_resnetfpn_coco`` experiment from
@@ -34,6 +34,8 @@ from official.vision import registry_imports  # noqa: F401  (registers the exper
 from official.vision.dataloaders import maskrcnn_input
 from official.vision.serving import detection, export_saved_model_lib
 from official.vision.tasks import maskrcnn as maskrcnn_task
+
+from benchmarks import flops
 
 EXPERIMENT = "maskrcnn_resnetfpn_coco"
 NUM_INSTANCES = 8  # synthetic training instances per image, as in benchmarks.train_step
@@ -87,8 +89,6 @@ def export_peer(export_dir: str, image_size: tuple[int, int], version: str = "1"
 def serve_flops(image_size: tuple[int, int]) -> tuple[int, dict[str, int]]:
     """(total, per op type) FLOPs of one batch-1 call of the ``DetectionModule`` serving
     function."""
-    from benchmarks import flops  # noqa: PLC0415
-
     module = detection.DetectionModule(
         params=experiment_config(image_size),
         batch_size=1,

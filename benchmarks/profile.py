@@ -42,6 +42,8 @@ from solo_tf import config as cfg  # noqa: E402
 from solo_tf import distribute, postprocess, train_lib  # noqa: E402
 from solo_tf import flags as solo_flags  # noqa: E402
 from solo_tf.data import inputs, shapes  # noqa: E402
+from solo_tf.data.label_map import LabelMap  # noqa: E402
+from solo_tf.detector import Detector  # noqa: E402
 from solo_tf.modeling import factory  # noqa: E402
 
 _PARTS = flags.DEFINE_list(
@@ -160,13 +162,15 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
     rows = []
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
-    class_ids = tf.range(1, 81)
+    ids = tuple(range(1, 81))
+    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
     for head in _HEADS.value:
         config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
         for dtype in _DTYPES.value:
             keras.utils.set_random_seed(0)
             with factory.compute_dtype_scope(dtype):
                 model = factory.build_model(config.model)
+            detector = Detector(model=model, config=config, label_map=label_map)
             # Network rows return a sum of their outputs: fetching the vanilla head's
             # [1, 200, 336, 1600] logits to the host would cost more than computing them.
             backbone = lambda m=model: m.backbone(image, training=False)  # noqa: E731
@@ -174,9 +178,8 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
             whole = lambda m=model: _sum(m(image, training=False))  # noqa: E731
             whole_lazy = lambda m=model: _sum(m(image, training=False, lazy_masks=True))  # noqa: E731
 
-            def detect(m=model, c=config, lazy=True):
-                outputs = m(image, training=False, lazy_masks=lazy)
-                return postprocess.postprocess(outputs, info, c.model, c.postprocess, class_ids)
+            def detect(d=detector, lazy=True):
+                return d.detect(image, info, per_image=False, lazy_masks=lazy)
 
             name = "SOLO R50" if head == "vanilla" else "Decoupled SOLO R50"
             for what, fn in (

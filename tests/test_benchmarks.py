@@ -1,4 +1,4 @@
-"""Smoke tests of the Mask R-CNN comparison (``benchmarks/compare.py`` and its helpers).
+"""Smoke tests of the Mask R-CNN comparison (``benchmarks/compare.py`` and the modules it uses).
 
 The fast tests check the pieces on hand-worked cases: FLOP counting, the matmul peak, the
 SOLO export config for an input size, the run statistics and alternation, and the report
@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import compare, flops, machine_peak
+from benchmarks import (
+    compare_models,
+    compare_report,
+    compare_targets,
+    flops,
+    machine_peak,
+    profile,
+    workers,
+)
 from benchmarks.docs_section import replace_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,24 +66,24 @@ def test_matmul_peak(dtype):
 
 
 def test_solo_config_for_size():
-    config = compare.solo_config("decoupled", (800, 1333))
+    config = compare_models.solo_config("decoupled", (800, 1333))
     assert config.model.head_type == "decoupled" and config.model.num_classes == 80
     assert config.model.backbone_depth == 50
     assert config.data.eval_short_side == 800 and config.data.max_long_side == 1333
     assert config.data.output_size == (800, 1344)
-    assert compare.solo_config("vanilla", (512, 512)).data.output_size == (512, 512)
+    assert compare_models.solo_config("vanilla", (512, 512)).data.output_size == (512, 512)
 
 
 def test_parse_size_and_paths():
-    assert compare.parse_size("800x1333") == (800, 1333)
-    assert compare.size_name((512, 640)) == "512x640"
-    path = compare.saved_model_dir("/w", "maskrcnn", (512, 512))
+    assert compare_targets.parse_size("800x1333") == (800, 1333)
+    assert compare_targets.size_name((512, 640)) == "512x640"
+    path = compare_targets.saved_model_dir("/w", "maskrcnn", (512, 512))
     assert path == "/w/saved_models/maskrcnn_512x512/1"
-    assert compare.saved_model_dir("/w", "vanilla", (8, 8)).endswith("solo_vanilla_8x8/1")
+    assert compare_targets.saved_model_dir("/w", "vanilla", (8, 8)).endswith("solo_vanilla_8x8/1")
 
 
 def test_stats():
-    result = compare.stats([5.0, 1.0, 2.0, 4.0, 3.0])
+    result = workers.stats([5.0, 1.0, 2.0, 4.0, 3.0])
     assert result["median_s"] == 3.0 and result["min_s"] == 1.0 and result["max_s"] == 5.0
     assert result["p90_s"] == pytest.approx(4.6)  # linear between 4 and 5
 
@@ -91,8 +99,8 @@ class _FakeWorker:
 
 def test_alternate_rotates_order():
     log = []
-    workers = {n: _FakeWorker(n, log) for n in ("a", "b", "c")}
-    result = compare.alternate(workers, {}, warmup=1, runs=3)
+    fakes = {n: _FakeWorker(n, log) for n in ("a", "b", "c")}
+    result = workers.alternate(fakes, {}, warmup=1, runs=3)
     assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert result["times"]["a"] == [4.0, 9.0, 11.0]
     assert result["last"]["b"]["seconds"] == 12.0
@@ -152,13 +160,13 @@ def _results():
 
 
 def test_split_target():
-    assert compare.split_target("vanilla") == ("vanilla", "float32")
-    assert compare.split_target("decoupled_bf16") == ("decoupled", "bfloat16")
+    assert compare_targets.split_target("vanilla") == ("vanilla", "float32")
+    assert compare_targets.split_target("decoupled_bf16") == ("decoupled", "bfloat16")
 
 
 def test_markdown_ratios():
-    text = compare.markdown(_results())
-    assert text.startswith(compare.SECTION)
+    text = compare_report.markdown(_results())
+    assert text.startswith(compare_report.SECTION)
     # vanilla: 500 ms vs 1000 ms -> 0.50; 4 images/s vs 1 -> 4.00; 50 GFLOPs / 0.5 s = 100
     # GFLOP/s = 100% of the 100 GFLOP/s peak.
     assert "| SOLO R50 | 512x512 (512x512) | 500 | 750 | 0.50 | 4.00 | 4.00 | 1.00 / 2.00 |" in text
@@ -175,18 +183,18 @@ def test_markdown_ratios():
 def test_write_section_keeps_other_sections(tmp_path):
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## A\n\nkeep a\n")
-    replace_section(str(path), compare.SECTION + "\n\nfirst\n")
+    replace_section(str(path), compare_report.SECTION + "\n\nfirst\n")
     path.write_text(path.read_text() + "\n## B\n\nkeep b\n")
-    replace_section(str(path), compare.SECTION + "\n\nsecond\n")
+    replace_section(str(path), compare_report.SECTION + "\n\nsecond\n")
     text = path.read_text()
     assert "keep a" in text and "keep b" in text and "second" in text
-    assert "first" not in text and text.count(compare.SECTION) == 1
-    assert text.index("## A") < text.index(compare.SECTION) < text.index("## B")
+    assert "first" not in text and text.count(compare_report.SECTION) == 1
+    assert text.index("## A") < text.index(compare_report.SECTION) < text.index("## B")
 
 
 def test_plot_writes_png(tmp_path):
     path = str(tmp_path / "plot.png")
-    compare.plot(_results(), [path])
+    compare_report.plot(_results(), [path])
     with open(path, "rb") as f:
         assert f.read(4) == b"\x89PNG"
 
@@ -242,8 +250,6 @@ def test_replace_section_appends_and_checks_the_heading(tmp_path):
 
 
 def test_profile_markdown_tables():
-    from benchmarks import profile  # noqa: PLC0415
-
     text = profile.markdown(
         [("forward", 173.4, "")], [("SOLO R50", "bfloat16", "backbone", 812.6)], runs=5
     )
