@@ -21,6 +21,7 @@ from absl import app, logging
 _DECORATIONS = (
     r"\{\{function_node [^}]*\}\}",  # {{function_node __wrapped__IteratorGetNext...}}
     r"\[\[\{\{node [^}]*\}\}\]\]",  # [[{{node EagerPyFunc}}]]
+    r"\[\[\w+\]\]",  # [[MultiDeviceIteratorGetNextFromShard]], [[RemoteCall]] (training)
     r"\[Op:\w+\]",
     r"\bname: *$",
 )
@@ -33,7 +34,7 @@ def readable_message(error: BaseException) -> str:
         message = re.sub(pattern, "", message, flags=re.MULTILINE)
     match = re.search(r"assertion failed: \[(.*)\]", message, flags=re.DOTALL)
     if match:
-        message = match.group(1)
+        message = match.group(1).replace("\\'", "'")  # the assertion escapes quotes
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines) or type(error).__name__
 

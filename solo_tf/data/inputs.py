@@ -187,7 +187,10 @@ def train_dataset(
     decoded = source.decode(stream, parallel, deterministic)
     map_fn = pipeline.make_train_map_fn(data, targets, seed)
     dataset = decoded.map(map_fn, num_parallel_calls=parallel, deterministic=deterministic)
-    if data.bad_sample_policy == "skip":
+    if data.bad_sample_policy == "skip" and source.reader is None:
+        # JSON sources report bad images as ``valid`` = False and stop past
+        # max_skip_fraction through a graph assertion, which ignore_errors would swallow
+        # (every image missing then spins forever).
         dataset = dataset.ignore_errors(log_warning=True)
     if data.skip_empty:
         dataset = dataset.filter(pipeline.has_positives)

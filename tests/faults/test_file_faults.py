@@ -136,6 +136,8 @@ def test_truncated_checkpoint_resume_falls_back(tmp_path, split, trained_dir, ta
     assert result.returncode == 0, result.explain()
     log = ""
     for path in glob.glob(os.path.join(model, "train.*")):
+        if os.path.islink(path):  # train.INFO links the log file
+            continue
         with open(path, errors="replace") as f:
             log += f.read()
     assert "Resumed from" in log and "ckpt-1" in log.split("Resumed from")[-1].splitlines()[0]
