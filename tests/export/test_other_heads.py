@@ -1,4 +1,5 @@
-"""The decoupled head (what ``experiments/shapes.flags`` trains) through both exports."""
+"""The decoupled head (what ``experiments/shapes.flags`` trains) and SOLOv2 through both
+exports: the same detections as the Keras model, TFLite built-in operators only."""
 
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ from tests.export import fixtures
 pytestmark = pytest.mark.slow  # exports and converts models
 
 
-@pytest.fixture(scope="module")
-def decoupled(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("decoupled_model"))
-    fixtures.write_model_dir(model_dir, head_type="decoupled")
+@pytest.fixture(scope="module", params=["decoupled", "solov2"])
+def detector(request, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp(f"{request.param}_model"))
+    fixtures.write_model_dir(model_dir, head_type=request.param)
     return Detector.from_model_dir(model_dir, "latest")
 
 
-def test_decoupled_saved_model_and_tflite_match_keras(decoupled, images, tmp_path):
-    assert decoupled.config.model.head_type == "decoupled"
-    path = saved_model.export_saved_model(decoupled, str(tmp_path / "solo" / "1"))
+def test_saved_model_and_tflite_match_keras(detector, images, calibration_dir, tmp_path):
+    path = saved_model.export_saved_model(detector, str(tmp_path / "solo" / "1"))
     predictor = exported.SavedModelPredictor(path)
-    keras_detect = fixtures.keras_detector(decoupled)
+    keras_detect = fixtures.keras_detector(detector)
     total = 0
     for image in images[:2]:
         got, _ = predictor(image)
@@ -36,9 +36,23 @@ def test_decoupled_saved_model_and_tflite_match_keras(decoupled, images, tmp_pat
         total += len(got["detection_scores"])
     assert total > 0
 
-    tflite.export_tflite(decoupled, str(tmp_path / "tflite"), (128, 128), "uint8", ["none"])
+    quantizations = ["none", "fp16", "dynamic", "int8"]
+    if detector.config.model.head_type != "solov2":
+        quantizations = ["none"]  # the vanilla head's files are checked in test_tflite.py
+    tflite.export_tflite(
+        detector,
+        str(tmp_path / "tflite"),
+        (128, 128),
+        "uint8",
+        quantizations,
+        calibration_dir,
+        num_calibration=4,
+    )
+    for name in (tflite.QUANTIZATIONS[q] for q in quantizations):
+        ops = tflite.check_operators(os.path.join(tmp_path, "tflite", name))
+        assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], (name, ops)
     runner = exported.TFLitePredictor(os.path.join(tmp_path, "tflite", "model_fp32.tflite"))
-    detect = decoupled.detect_fn(output_size=(128, 128))
+    detect = detector.detect_fn(output_size=(128, 128))
     info = tf.constant([[[128, 128], [128, 128], [1, 1], [0, 0]]], tf.float32)
     padded, _ = images_lib.letterbox(images[0], (128, 128), np.uint8)
     want = {k: v.numpy() for k, v in detect(tf.constant(padded[None], tf.float32), info).items()}
