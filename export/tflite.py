@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags, logging
+from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python import convert as lite_convert
 
 from export import serving_module
@@ -109,8 +110,6 @@ def _convert_int8(converter, calibration) -> bytes:
     ]
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
     names = [t["name"] for t in Interpreter(model_content=calibrated).get_tensor_details()]
     denied = [name for name in names if name.startswith(POSTPROCESS_SCOPE)]
     return lite_convert.mlir_quantize(calibrated, denylisted_nodes=denied)
