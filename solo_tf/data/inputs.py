@@ -221,5 +221,10 @@ def train_input_fn(config: cfg.SOLOConfig, source: Source, start_step: int = 0):
 
 def eval_dataset(config: cfg.SOLOConfig, source: Source, batch_size: int) -> tf.data.Dataset:
     """Validation images in dataset order, resized for evaluation and batched."""
-    parallel = tf.data.AUTOTUNE if config.data.parallel_calls < 0 else config.data.parallel_calls
-    return pipeline.build_eval_dataset(source.eval_examples(parallel), config.data, batch_size)
+    data = config.data
+    parallel = tf.data.AUTOTUNE if data.parallel_calls < 0 else data.parallel_calls
+    if source.reader is not None:
+        # JSON: bad images come back invalid, bounded by max_skip_fraction through a graph
+        # assertion that the skip policy's ignore_errors would swallow.
+        data = dataclasses.replace(data, bad_sample_policy="error")
+    return pipeline.build_eval_dataset(source.eval_examples(parallel), data, batch_size)
