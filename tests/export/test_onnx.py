@@ -258,6 +258,44 @@ def test_node_domains_looks_inside_subgraphs():
     assert onnx_export.node_domains(model) == {"": ["If"], "com.example": ["Relu"]}
 
 
+def _resize_model(in_size: int, out_size: int):
+    """x [1, 1, in, in] -> Resize (bilinear, half-pixel) with float32 scales out / in."""
+    helper = onnx.helper
+    scales = np.array([1, 1, out_size / in_size, out_size / in_size], np.float32)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, in_size, in_size])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(scales, "scales")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _inferred_output_shape(model) -> list[int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+
+
+def test_resize_by_sizes_gives_the_exact_output_size():
+    """48 -> 20 by float32 scales: ONNX infers floor(48 * 0.41666666) = 19 (the demo model's
+    GroupNorm Reshape to 20 x 20 then fails to load); by sizes, 20, and the values are
+    TensorFlow's bilinear resize (half-pixel centres) of the same input."""
+    import onnxruntime  # noqa: PLC0415
+
+    assert _inferred_output_shape(_resize_model(48, 20)) == [1, 1, 19, 19]
+    fixed = onnx_export.resize_by_sizes(_resize_model(48, 20))
+    assert _inferred_output_shape(fixed) == [1, 1, 20, 20]
+    (sizes,) = fixed.graph.initializer  # the unused scales are gone
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(sizes), [1, 1, 20, 20])
+    onnx.checker.check_model(fixed)
+    x = np.arange(48 * 48, dtype=np.float32).reshape(1, 1, 48, 48) % 7
+    (y,) = onnxruntime.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})
+    want = tf.image.resize(x[0].transpose(1, 2, 0), (20, 20), "bilinear").numpy()
+    np.testing.assert_allclose(y[0].transpose(1, 2, 0), want, atol=1e-5)
+
+
 def test_bad_arguments_fail_before_converting(tmp_path):
     with pytest.raises(ValueError, match="multiples of 32"):
         onnx_export.export_onnx(None, str(tmp_path), (100, 128))
