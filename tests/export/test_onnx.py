@@ -267,7 +267,7 @@ def _resize_model(in_size: int, out_size: int):
         [node],
         "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, in_size, in_size])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, None, None])],
         initializer=[onnx.numpy_helper.from_array(scales, "scales")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -293,7 +293,7 @@ def test_resize_by_sizes_gives_the_exact_output_size():
     x = np.arange(48 * 48, dtype=np.float32).reshape(1, 1, 48, 48) % 7
     (y,) = onnxruntime.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})
     want = tf.image.resize(x[0].transpose(1, 2, 0), (20, 20), "bilinear").numpy()
-    np.testing.assert_allclose(y[0].transpose(1, 2, 0), want, atol=1e-5)
+    np.testing.assert_allclose(y[0].transpose(1, 2, 0), want, atol=1e-4)
 
 
 def test_bad_arguments_fail_before_converting(tmp_path):
