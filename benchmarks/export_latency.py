@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.docs_section import replace_section  # noqa: E402
 from solo_tf import exported  # noqa: E402
 from solo_tf import images as images_lib
+from solo_tf.onnx_runtime import ONNXPredictor
 
 SECTION = "## Exported models"
 DOC = os.path.join(
@@ -68,7 +69,6 @@ def _split(paths: str) -> list[str]:
 
 
 def _onnx_predictor(path: str):
-    from solo_tf.onnx_runtime import ONNXPredictor  # noqa: PLC0415 - optional extra
 
     return ONNXPredictor(path)
 

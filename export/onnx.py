@@ -32,6 +32,7 @@ from export import serving_module, tflite
 from solo_tf import config as cfg
 from solo_tf import entry_point
 from solo_tf.detector import Detector
+from solo_tf.onnx_runtime import ONNXPredictor
 
 FILE_NAME = "model.onnx"
 DEFAULT_OPSET = 17
@@ -46,8 +47,8 @@ def load_detector(model_dir: str, checkpoint: str = "best") -> Detector:
 
 def convert(saved_model_dir: str, opset: int = DEFAULT_OPSET):
     """The ``serving_default`` signature of a SavedModel as an ``onnx.ModelProto``."""
-    from tf2onnx import convert as tf2onnx_convert  # noqa: PLC0415
-    from tf2onnx import tf_loader  # noqa: PLC0415
+    from tf2onnx import convert as tf2onnx_convert  # optional extra (solo-tf[onnx])
+    from tf2onnx import tf_loader  # optional extra (solo-tf[onnx])
 
     graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
         saved_model_dir,
@@ -77,8 +78,8 @@ def resize_by_sizes(model):
     sampling scale is out / in, as in TensorFlow. Nodes are fixed in graph (topological)
     order, each with the input shape inferred after the fixes before it.
     """
-    import onnx  # noqa: PLC0415
-    from onnx import numpy_helper  # noqa: PLC0415
+    import onnx  # optional extra (solo-tf[onnx])
+    from onnx import numpy_helper  # optional extra (solo-tf[onnx])
 
     constants = {i.name: i for i in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
@@ -156,7 +157,6 @@ def check_outputs(path: str, probe: np.ndarray, reference: dict) -> dict:
     The two run the same float32 graph: the detection count must agree and sorted scores
     within 0.01 (a detection whose score sits on a threshold may legitimately flip).
     """
-    from solo_tf.onnx_runtime import ONNXPredictor  # noqa: PLC0415
 
     outputs = ONNXPredictor(path).run(probe)
     for name, value in outputs.items():
@@ -172,7 +172,6 @@ def check_outputs(path: str, probe: np.ndarray, reference: dict) -> dict:
 
 def model_info(detector, image_size, opset: int, ops: list[str], path: str) -> dict:
     """The ``model_info.json`` contents; tensor details read from the ONNX file ``path``."""
-    from solo_tf.onnx_runtime import ONNXPredictor  # noqa: PLC0415
 
     details = ONNXPredictor(path).signature_details()
     info = {
@@ -226,7 +225,7 @@ def export_onnx(
 
     ``saved_model_dir``: also keep the fixed-shape SavedModel that was converted there.
     """
-    import onnx  # noqa: PLC0415
+    import onnx  # optional extra (solo-tf[onnx])
 
     if any(s % 32 for s in image_size):
         raise ValueError(f"--image_size {image_size} must be multiples of 32")

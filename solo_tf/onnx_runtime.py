@@ -53,7 +53,7 @@ class ONNXPredictor:
         num_threads: int = 2,
         providers=("CPUExecutionProvider",),
     ):
-        import onnxruntime  # noqa: PLC0415 - optional extra
+        import onnxruntime  # optional extra (solo-tf[onnx]): imported when used
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads

@@ -282,7 +282,7 @@ def test_resize_by_sizes_gives_the_exact_output_size():
     """48 -> 20 by float32 scales: ONNX infers floor(48 * 0.41666666) = 19 (the demo model's
     GroupNorm Reshape to 20 x 20 then fails to load); by sizes, 20, and the values are
     TensorFlow's bilinear resize (half-pixel centres) of the same input."""
-    import onnxruntime  # noqa: PLC0415
+    import onnxruntime  # optional extra (solo-tf[onnx])
 
     assert _inferred_output_shape(_resize_model(48, 20)) == [1, 1, 19, 19]
     fixed = onnx_export.resize_by_sizes(_resize_model(48, 20))
