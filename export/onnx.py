@@ -194,24 +194,7 @@ def model_info(detector, image_size, opset: int, ops: list[str], path: str) -> d
         "labels": detector.label_map.to_dict()["categories"],
         "postprocess_config": cfg.to_dict(detector.config.postprocess),
     }
-    return {**info, **_app_steps(image_size)}
-
-
-def _app_steps(image_size) -> dict:
-    """What the app does before and after the call: the steps of the TFLite files."""
-    height, width = image_size
-    return {
-        "preprocessing": {
-            "input_size": [height, width],
-            "input_dtype": INPUT_TYPE,
-            "color": "RGB, channels last, values 0..255, no mean/std (inside the model)",
-            "resize": "scale = min(H / h0, W / w0); resize (bilinear) to "
-            "(round(h0 * scale), round(w0 * scale))",
-            "pad": "with 0 at the bottom and right to H x W",
-        },
-        "postprocessing": "outputs are in input pixels: keep mask rows < round(h0 * scale) "
-        "and columns < round(w0 * scale), resize them to h0 x w0; divide boxes by scale",
-    }
+    return {**info, **tflite.app_steps(image_size, INPUT_TYPE)}
 
 
 def export_onnx(

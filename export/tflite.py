@@ -164,6 +164,15 @@ def model_info(detector, image_size, input_type: str, files: dict, ops: dict, pa
             for name in serving_module.DETECTION_KEYS
         ],
         "labels": detector.label_map.to_dict()["categories"],
+        **app_steps(image_size, input_type),
+        "postprocess_config": cfg.to_dict(detector.config.postprocess),
+    }
+
+
+def app_steps(image_size, input_type: str) -> dict:
+    """What an app does before and after calling a fixed-size model (TFLite, ONNX)."""
+    height, width = image_size
+    return {
         "preprocessing": {
             "input_size": [height, width],
             "input_dtype": input_type,
@@ -174,7 +183,6 @@ def model_info(detector, image_size, input_type: str, files: dict, ops: dict, pa
         },
         "postprocessing": "outputs are in input pixels: keep mask rows < round(h0 * scale) "
         "and columns < round(w0 * scale), resize them to h0 x w0; divide boxes by scale",
-        "postprocess_config": cfg.to_dict(detector.config.postprocess),
     }
 
 
