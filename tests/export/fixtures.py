@@ -9,6 +9,11 @@ the image with sharp edges: parity tests then compare real detections, not empty
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import tensorflow as tf
@@ -185,3 +190,40 @@ def assert_same_detections(got: dict, want: dict, score_tol=1e-3, min_iou=0.99, 
             got["detection_boxes"][best], want["detection_boxes"][k], atol=box_tol
         )
         free.remove(best)
+
+
+# Opens every script run by ``run_without_solo_tf``: the repository (and any editable
+# install of it) out of reach, as on a serving machine that has only the exported files.
+_ISOLATION = """
+import json, os, sys
+sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "solo_tf"))]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+try:
+    import solo_tf  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("solo_tf is importable in the fresh process")
+"""
+
+
+def run_without_solo_tf(body: str, variables: dict, folder, timeout: int = 300) -> dict:
+    """Runs ``body`` (Python source, after ``NAME = value`` lines for ``variables``) in a
+    fresh isolated interpreter that cannot import solo_tf; returns the JSON that it prints
+    after ``RESULT``."""
+    header = "".join(f"{name} = {value!r}\n" for name, value in variables.items())
+    script = os.path.join(str(folder), "fresh.py")
+    with open(script, "w") as f:
+        f.write(header + textwrap.dedent(_ISOLATION) + textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-I", script],
+        cwd=str(folder),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import typing
 
 import numpy as np
@@ -82,16 +81,6 @@ def saved_model(export):
 
 
 FRESH_SCRIPT = """
-import json, os, sys
-# Keep the repository (and any editable install of it) out of reach.
-sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "solo_tf"))]
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-try:
-    import solo_tf  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("solo_tf is importable in the fresh process")
 import numpy as np
 import onnx
 import onnxruntime
@@ -118,15 +107,12 @@ print("RESULT" + json.dumps(report))
 def test_fresh_onnx_runtime_gives_the_saved_model_detections(export, saved_model, tmp_path):
     padded = np.stack([letterboxed(image) for image in validation_images()])  # [N, 1, H, W, 3]
     np.save(tmp_path / "inputs.npy", padded)
-    header = (
-        f"PATH = {export['onnx']!r}\nINPUTS = {str(tmp_path / 'inputs.npy')!r}\n"
-        f"OUTPUTS = {str(tmp_path / 'outputs.npz')!r}\n"
-    )
-    script = tmp_path / "fresh.py"
-    script.write_text(header + textwrap.dedent(FRESH_SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    stdout = _run([sys.executable, "-I", str(script)], cwd=tmp_path, env=env, timeout=300)
-    report = json.loads(next(x for x in stdout.splitlines() if x.startswith("RESULT"))[6:])
+    variables = {
+        "PATH": export["onnx"],
+        "INPUTS": str(tmp_path / "inputs.npy"),
+        "OUTPUTS": str(tmp_path / "outputs.npz"),
+    }
+    report = fixtures.run_without_solo_tf(FRESH_SCRIPT, variables, tmp_path)
     assert report["node_domains"] == [""], report  # the standard ONNX domain only
     assert set(report["opset_imports"]) <= {"", "ai.onnx"}, report
     assert report["opset_imports"][""] >= 17 and report["functions"] == 0

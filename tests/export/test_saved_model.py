@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -167,16 +166,6 @@ def test_wrong_dtype_or_shape_is_refused_by_the_signature(value, loaded, images)
 
 
 FRESH_SCRIPT = """
-import json, os, sys
-# Keep the repository (and any editable install of it) out of reach.
-sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "solo_tf"))]
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-try:
-    import solo_tf  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("solo_tf is importable in the fresh process")
 import numpy as np
 import tensorflow as tf
 
@@ -203,24 +192,12 @@ def test_fresh_process_without_solo_tf(saved_model_dir, loaded, images, tmp_path
     image = images[0]
     np.save(tmp_path / "image.npy", image)
     (tmp_path / "image.png").write_bytes(fixtures.encode(image))
-    header = (
-        f"PATH = {saved_model_dir!r}\n"
-        f"IMAGE = {str(tmp_path / 'image.npy')!r}\nPNG = {str(tmp_path / 'image.png')!r}\n"
-    )
-    script = tmp_path / "fresh.py"
-    script.write_text(header + textwrap.dedent(FRESH_SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-I", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    scores = json.loads(line[len("RESULT") :])
+    variables = {
+        "PATH": saved_model_dir,
+        "IMAGE": str(tmp_path / "image.npy"),
+        "PNG": str(tmp_path / "image.png"),
+    }
+    scores = fixtures.run_without_solo_tf(FRESH_SCRIPT, variables, tmp_path)
     want = loaded.signatures["serving_default"](images=tf.constant(image[None]))
     want = want["detection_scores"][0, : int(want["num_detections"][0])].numpy()
     for name in SIGNATURES:
