@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast lint format venv clean
+.PHONY: demo test test-fast test-all test-soak lint format venv clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,19 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	DEMO_DIR=$(DEMO_DIR) PYTHON=$(abspath $(PY)) $(PY) scripts/demo.py
 
+# What CI runs: everything but the soak tier (the fault-injection suite beyond its hang
+# regression test, and the end-to-end benchmark run).
 test: $(VENV)/.installed
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -m "not soak"
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest tests -q -m "not slow"
+
+test-soak: $(VENV)/.installed
+	$(PY) -m pytest tests -q -m soak
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest tests -q
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check solo_tf export tests benchmarks scripts

@@ -212,6 +212,7 @@ def test_peer_training_batch_structure():
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # exports and times Mask R-CNN and SOLO in worker processes: about an hour here
 def test_compare_end_to_end_tiny(tmp_path):
     command = [
         sys.executable,

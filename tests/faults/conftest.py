@@ -29,12 +29,21 @@ NUM_IMAGES = 10
 TINY_FLAGS = os.path.join(runner.REPO, "experiments", "tiny.flags")
 
 
+# The regression test of the tf.data hang (an image missing under the error policy, evaluate
+# run 3 times at once) stays in `make test`, what CI runs; the rest of the suite is the soak
+# tier (`make test-all`, about half an hour on 2 cores): CI's 30-minute budget cannot hold it.
+IN_CI = ("test_evaluate_error[missing image file]",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test here runs solo-tf commands in subprocesses: all are in the slow tier."""
+    """Every test here runs solo-tf commands in subprocesses: all are in the slow tier, and
+    all but ``IN_CI`` in the soak tier."""
     here = os.path.dirname(os.path.abspath(__file__))
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.slow)
+            if item.name not in IN_CI:
+                item.add_marker(pytest.mark.soak)
 
 
 @dataclasses.dataclass
