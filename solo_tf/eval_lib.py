@@ -231,9 +231,15 @@ def detect_dataset(detect_fn, dataset, num_images=None, progress=True):
 
 
 def evaluate_detector(
-    detector: Detector, batch_size: int = 8, per_category=False, max_images=0, progress=True
+    detector: Detector,
+    batch_size: int = 8,
+    per_category=False,
+    max_images=0,
+    progress=True,
+    source: inputs.Source | None = None,
 ) -> dict:
-    """Mask AP of a ``Detector`` on its config's validation split (``config.data``).
+    """Mask AP of a ``Detector`` on its config's validation split (``config.data``), or on
+    ``source`` when given (an already opened split, as periodic evaluation keeps it).
 
     Only the images that were read count: under ``bad_sample_policy=skip`` an unreadable
     image is left out of the score (and of ``num_images``), not scored as missed.
@@ -241,7 +247,7 @@ def evaluate_detector(
     batch; None with a single batch), ``num_images`` and ``detections`` (COCO results).
     """
     config = detector.config
-    source = inputs.open_source(config.data, "val")
+    source = source or inputs.open_source(config.data, "val")
     if not source.annotation_file:
         raise ValueError("COCO evaluation needs --val_annotations (the ground-truth JSON)")
     dataset = inputs.eval_dataset(config, source, batch_size)
@@ -279,21 +285,26 @@ def make_eval_fn(config, batch_size: int = 8, num_images_to_draw: int = 3):
     the first validation images, for TensorBoard.
     """
 
+    opened = {}  # the validation split, read and checked once for every evaluation
+
     def eval_fn(model):
-        label_map = inputs.open_source(config.data, "val").label_map
-        detector = Detector(model, config, label_map)
-        metrics = evaluate_detector(detector, batch_size, progress=False)
+        if "val" not in opened:
+            opened["val"] = inputs.open_source(config.data, "val")
+        source = opened["val"]
+        detector = Detector(model, config, source.label_map)
+        metrics = evaluate_detector(detector, batch_size, progress=False, source=source)
         results = metrics.pop("detections")
-        metrics["images"] = draw_first_images(config, results, num_images_to_draw)
+        metrics["images"] = draw_first_images(source, results, num_images_to_draw)
         return metrics
 
     return eval_fn
 
 
-def draw_first_images(config, results, count: int, size: int = 256, min_score: float = 0.3):
-    """Overlays of ``results`` on the first ``count`` validation images, letterboxed to
+def draw_first_images(
+    source: inputs.Source, results, count: int, size: int = 256, min_score: float = 0.3
+):
+    """Overlays of ``results`` on the first ``count`` images of ``source``, letterboxed to
     ``size`` x ``size``: uint8 [count, size, size, 3] (JSON sources; empty otherwise)."""
-    source = inputs.open_source(config.data, "val")
     pictures = []
     if source.reader is None:
         return np.zeros([0, size, size, 3], np.uint8)
