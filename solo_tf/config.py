@@ -144,6 +144,11 @@ class DataConfig:
     # The resize also keeps the image inside it.
     output_size: tuple[int, int] = (1344, 1344)
     flip_probability: float = 0.5
+    # Beyond the paper (off in its flagfiles; data/jitter.py): photometric jitter strength
+    # 0..1, and a scale jitter factor range (lo, hi) applied after the short-side draw, with a
+    # random crop to output_size when the image outgrows it. () is off.
+    photometric_jitter: float = 0.0
+    scale_jitter: tuple[float, ...] = ()
     skip_empty: bool = True  # training: drop images without usable instances
     bad_sample_policy: Literal["error", "skip"] = "error"
     # Under "skip": stop with an error once more than this fraction of the images is skipped.
@@ -161,6 +166,13 @@ class DataConfig:
             raise ValueError(
                 f"--output_size={','.join(map(str, size))}: need height,width, both positive "
                 "multiples of 32 (the backbone's largest stride)"
+            )
+        if not 0.0 <= self.photometric_jitter <= 1.0:
+            raise ValueError(f"--photometric_jitter={self.photometric_jitter}: need 0 to 1")
+        jitter = tuple(self.scale_jitter)
+        if jitter and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
+            raise ValueError(
+                f"--scale_jitter={','.join(map(str, jitter))}: need lo,hi with 0 < lo <= hi"
             )
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"--max_skip_fraction={self.max_skip_fraction}: need 0 to 1")
@@ -190,7 +202,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     eval_every: int = 0  # steps; 0 disables periodic evaluation
-    mixed_precision: Literal["", "bfloat16", "float16"] = ""
+    mixed_precision: Literal["", "auto", "bfloat16", "float16"] = ""
     jit_compile: bool = False
     strategy: Literal["mirrored", "one_device", "multi_worker", "tpu"] = "mirrored"
     # torchvision backbone: a torchvision ImageNet .pth or a .weights.h5 of ``solo_tf.convert

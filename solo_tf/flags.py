@@ -73,6 +73,10 @@ HELP = {
     "eval_short_side": "Short side at evaluation.",
     "output_size": "Fixed padded input height,width (multiples of 32).",
     "flip_probability": "Probability of a horizontal flip in training.",
+    "photometric_jitter": "Training colour jitter strength 0..1 (brightness, contrast, "
+    "saturation, hue, channel order); 0 is off, as in the paper.",
+    "scale_jitter": "Training scale jitter lo,hi: the drawn size times a log-uniform factor, "
+    "randomly cropped to output_size; empty is off, as in the paper.",
     "skip_empty": "Drop training images without usable instances.",
     "bad_sample_policy": "error: stop on a bad sample; skip: count, log and skip it.",
     "deterministic": "Deterministic input order and augmentation (seeded).",
@@ -100,7 +104,8 @@ HELP = {
     "checkpoint_every": "Steps between checkpoints.",
     "keep_checkpoints": "Checkpoints kept.",
     "eval_every": "Steps between evaluations; 0 disables.",
-    "mixed_precision": "'' (float32), bfloat16 or float16 (with loss scaling).",
+    "mixed_precision": "'' (float32), bfloat16, float16 (with loss scaling), or auto: bfloat16 "
+    "on a GPU/TPU or a CPU with AVX-512 BF16 or AMX, float32 elsewhere (solo_tf.hardware).",
     "jit_compile": "XLA-compile the model's forward and backward pass (on CPU: float32 only).",
     "strategy": "mirrored, one_device, multi_worker (TF_CONFIG) or tpu.",
     "pretrained_backbone": "torchvision backbone: a torchvision .pth or the .weights.h5 of "

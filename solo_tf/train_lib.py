@@ -22,7 +22,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from solo_tf import config as cfg
-from solo_tf import distribute, losses, optimization
+from solo_tf import distribute, hardware, losses, optimization
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.data import inputs
 from solo_tf.modeling import factory
@@ -260,6 +260,7 @@ def setup(config: cfg.SOLOConfig, strategy=None) -> _Run:
     anything is built, the newest readable checkpoint is restored (a broken newer one is
     named and passed over), and only then are ``config.json`` and ``label_map.json`` written.
     """
+    config = resolve_precision(config)
     tconf = config.train
     check_jit_and_precision(tconf)
     keras.utils.set_random_seed(tconf.seed)
@@ -436,7 +437,24 @@ def _evaluate_and_keep_best(eval_fn, model, step, writer, manager, model_dir, be
     return best_ap
 
 
+def resolve_precision(config: cfg.SOLOConfig) -> cfg.SOLOConfig:
+    """``config`` with ``--mixed_precision=auto`` replaced by this machine's choice (logged)."""
+    requested = config.train.mixed_precision
+    chosen = hardware.resolve_mixed_precision(requested)
+    if requested == "auto":
+        logging.info(
+            "--mixed_precision=auto: %s on %s",
+            chosen or "float32",
+            hardware.describe_cpu(),
+        )
+    return dataclasses.replace(
+        config, train=dataclasses.replace(config.train, mixed_precision=chosen)
+    )
+
+
 def keras_policy(mixed_precision: str) -> None:
     """Sets the global Keras dtype policy for ``--mixed_precision``."""
     policy = {"": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-    keras.mixed_precision.set_global_policy(policy[mixed_precision])
+    keras.mixed_precision.set_global_policy(
+        policy[hardware.resolve_mixed_precision(mixed_precision)]
+    )

@@ -22,6 +22,7 @@ import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
 from solo_tf.config import DataConfig
+from solo_tf.data import jitter
 
 
 def scaled_size(
@@ -97,6 +98,23 @@ def flip_left_right(image: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.T
     return preprocess_ops.horizontal_flip_image(image), tf.reverse(masks, axis=[2])
 
 
+def _scale_jittered(image, masks, size, config: DataConfig, scale_seed, crop_seed):
+    """Resizes to ``size`` times a random factor, crops/pads to the canvas (``jitter``).
+
+    Returns image float32 [H, W, 3], masks uint8 [N, H, W] and image_info float32 [4, 2]
+    ``[[H0, W0], [jittered_h, jittered_w], [y_scale, x_scale], [crop_y, crop_x]]``.
+    """
+    original = tf.cast(tf.shape(image)[:2], tf.float32)
+    size = jitter.jittered_size(size, config.scale_jitter, scale_seed)
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.cast(size, tf.int32))
+    offset = jitter.crop_offset(size, config.output_size, crop_seed)
+    image, masks = jitter.crop_to_canvas(
+        resized, resize_masks(masks, size), offset, config.output_size
+    )
+    image_info = tf.stack([original, size, size / original, tf.cast(offset, tf.float32)])
+    return image, masks, image_info
+
+
 def augment_for_training(
     example: dict[str, tf.Tensor], config: DataConfig, seed: tf.Tensor
 ) -> dict[str, tf.Tensor]:
@@ -114,21 +132,33 @@ def augment_for_training(
       the instances whose mask is still non-empty.
     """
     size_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    # The optional jitters draw from their own seeds, so that with them off the draws above
+    # (and hence the paper recipes' augmentation) are what they always were.
+    colour_seed, scale_seed, crop_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), 3)
+    )
     choice = tf.random.stateless_uniform(
         [], size_seed, minval=0, maxval=len(config.short_sides), dtype=tf.int32
     )
     short_side = tf.gather(tf.constant(config.short_sides, tf.int32), choice)
     image, masks = example["image"], tf.cast(example["masks"], tf.uint8)
+    if config.photometric_jitter > 0:
+        image = jitter.random_photometric(image, config.photometric_jitter, colour_seed)
     do_flip = tf.random.stateless_uniform([], flip_seed) < config.flip_probability
     image, masks = tf.cond(do_flip, lambda: flip_left_right(image, masks), lambda: (image, masks))
     size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side, config.output_size)
-    image, _, image_info = resize_and_pad(image, None, size, config.output_size)
-    masks = resize_masks(masks, size)  # [N, h, w]
+    if config.scale_jitter:
+        image, masks, image_info = _scale_jittered(
+            image, masks, size, config, scale_seed, crop_seed
+        )
+    else:
+        image, _, image_info = resize_and_pad(image, None, size, config.output_size)
+        masks = pad_masks(resize_masks(masks, size), config.output_size)  # [N, H, W]
     keep = tf.reduce_max(masks, axis=[1, 2]) > 0  # [N]
     return {
         "image": image,
         "image_info": image_info,
-        "masks": pad_masks(tf.boolean_mask(masks, keep), config.output_size),
+        "masks": tf.boolean_mask(masks, keep),
         "classes": tf.boolean_mask(tf.cast(example["classes"], tf.int32), keep),
         "is_crowd": tf.boolean_mask(tf.cast(example["is_crowd"], tf.bool), keep),
         "image_id": tf.cast(example["image_id"], tf.int64),

@@ -1,0 +1,116 @@
+"""Training augmentations beyond the paper's (resize + flip): photometric and scale jitter.
+
+Both are off by default and in the paper flagfiles (``DataConfig.photometric_jitter = 0``,
+``DataConfig.scale_jitter = ()``), so those stay the authors' recipe; the CPU demo turns them on
+so that its small model learns shapes rather than one generator's colours and sizes.
+
+* Photometric jitter (strength s in [0, 1]) on the decoded image, pixel values 0..255, before
+  any resize: brightness + d (d uniform in +-32 s), contrast (x - mean) c + mean and saturation
+  (x - grey) a + grey (c, a uniform in [1 - s/2, 1 + s/2]), a hue rotation of h turns (h uniform
+  in +-s/12), and with probability s/2 a random permutation of the three channels. The result
+  is clipped to 0..255. Masks are untouched.
+* Scale jitter (factor range (lo, hi)): the aspect-preserving size drawn from ``short_sides``
+  is multiplied by f (log-uniform in [lo, hi]) without the canvas cap; an image larger than the
+  canvas is cropped to it at a random offset (the same window for the image and its masks), a
+  smaller one padded at the bottom/right. Instances left without a pixel are dropped by the
+  caller.
+
+Randomness is stateless: every draw takes a seed derived from the element's seed.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as tf.image.rgb_to_grayscale
+
+
+def adjust_colours(
+    image: tf.Tensor,
+    brightness: tf.Tensor | float = 0.0,
+    contrast: tf.Tensor | float = 1.0,
+    saturation: tf.Tensor | float = 1.0,
+    hue: tf.Tensor | float = 0.0,
+    permutation: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Applies fixed photometric changes to float32 [H, W, 3] pixels in 0..255.
+
+    In order: brightness (added), contrast (around the image mean), saturation (around each
+    pixel's grey value), hue (turns, 0..1 is a full circle), a channel permutation (int32 [3]
+    or None); the result is clipped to 0..255.
+    """
+    image = tf.cast(image, tf.float32) + brightness
+    mean = tf.reduce_mean(image)
+    image = (image - mean) * contrast + mean
+    grey = tf.reduce_sum(image * tf.constant(GREY_WEIGHTS), axis=-1, keepdims=True)
+    image = (image - grey) * saturation + grey
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image = tf.image.adjust_hue(image / 255.0, hue) * 255.0
+    if permutation is not None:
+        image = tf.gather(image, permutation, axis=-1)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def random_photometric(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
+    """float32 [H, W, 3] in 0..255: ``adjust_colours`` with draws of strength ``strength``.
+
+    Args:
+      image: uint8 or float [H, W, 3], values 0..255.
+      strength: s in [0, 1] (the ranges in the module docstring).
+      seed: int64 [2], the stateless seed of this element.
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    s = float(strength)
+
+    def uniform(seed_, low, high):
+        return tf.random.stateless_uniform([], seed_, minval=low, maxval=high)
+
+    permute = tf.random.stateless_uniform([], seeds[4]) < s / 2
+    order = tf.argsort(tf.random.stateless_uniform([3], seeds[5]))
+    permutation = tf.where(permute, order, tf.range(3))
+    return adjust_colours(
+        image,
+        brightness=uniform(seeds[0], -32.0 * s, 32.0 * s),
+        contrast=uniform(seeds[1], 1.0 - s / 2, 1.0 + s / 2),
+        saturation=uniform(seeds[2], 1.0 - s / 2, 1.0 + s / 2),
+        hue=uniform(seeds[3], -s / 12, s / 12),
+        permutation=permutation,
+    )
+
+
+def jittered_size(size_hw: tf.Tensor, factor_range: tuple[float, float], seed: tf.Tensor):
+    """float32 [2]: ``round(size_hw * f)``, f log-uniform in ``factor_range``, at least 1."""
+    low, high = (float(v) for v in factor_range)
+    log_f = tf.random.stateless_uniform(
+        [], seed, minval=tf.math.log(low), maxval=tf.math.log(high) + 1e-12
+    )
+    return tf.maximum(tf.round(tf.cast(size_hw, tf.float32) * tf.exp(log_f)), 1.0)
+
+
+def crop_offset(size_hw: tf.Tensor, output_size: tuple[int, int], seed: tf.Tensor) -> tf.Tensor:
+    """int32 [2]: a uniform random top-left corner of an ``output_size`` window in ``size_hw``
+
+    (0 along a side that already fits).
+    """
+    slack = tf.maximum(tf.cast(size_hw, tf.int32) - tf.constant(output_size, tf.int32), 0)
+    unit = tf.random.stateless_uniform([2], seed)
+    return tf.cast(tf.floor(unit * tf.cast(slack + 1, tf.float32)), tf.int32)
+
+
+def crop_to_canvas(
+    image: tf.Tensor, masks: tf.Tensor, offset: tf.Tensor, output_size: tuple[int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crops image [h, w, 3] and masks [N, h, w] to the same window, pads both to the canvas.
+
+    The window starts at ``offset`` (int32 [2]) and is at most ``output_size``; the result is
+    image float32 [H, W, 3] and masks uint8 [N, H, W], zero-padded at the bottom/right.
+    """
+    height, width = output_size
+    y0, x0 = offset[0], offset[1]
+    image = image[y0 : y0 + height, x0 : x0 + width]
+    masks = masks[:, y0 : y0 + height, x0 : x0 + width]
+    shape = tf.shape(image)
+    pad = [[0, height - shape[0]], [0, width - shape[1]]]
+    image = tf.pad(tf.cast(image, tf.float32), [*pad, [0, 0]])
+    masks = tf.pad(masks, [[0, 0], *pad])
+    return tf.ensure_shape(image, [height, width, 3]), tf.ensure_shape(masks, [None, height, width])

@@ -1,0 +1,188 @@
+"""Tests for solo_tf.data.jitter and its use in augment_for_training: hand-worked values."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from solo_tf.config import DataConfig
+from solo_tf.data import jitter
+from solo_tf.data.augment import augment_for_training
+
+PIXELS = np.array([[[10.0, 20.0, 30.0], [50.0, 60.0, 70.0]]], np.float32)  # [1, 2, 3], mean 40
+
+
+def test_adjust_colours_brightness_and_contrast_exact():
+    # +10 -> [[20, 30, 40], [60, 70, 80]], mean 50; contrast 2 -> 2 (x - 50) + 50.
+    got = jitter.adjust_colours(PIXELS, brightness=10.0, contrast=2.0)
+    np.testing.assert_allclose(got.numpy(), [[[0, 10, 30], [70, 90, 110]]], atol=1e-3)
+
+
+def test_adjust_colours_saturation_zero_gives_grey_and_clips():
+    grey = PIXELS @ np.array(jitter.GREY_WEIGHTS, np.float32)  # [1, 2]
+    got = jitter.adjust_colours(PIXELS, saturation=0.0)
+    np.testing.assert_allclose(got.numpy(), np.repeat(grey[..., None], 3, axis=-1), atol=1e-3)
+    bright = jitter.adjust_colours(PIXELS, brightness=250.0)
+    np.testing.assert_allclose(bright.numpy(), 255.0)
+
+
+def test_adjust_colours_hue_half_turn_and_permutation():
+    red = np.array([[[200.0, 0.0, 0.0]]], np.float32)
+    # Half a turn of hue takes pure red to cyan at the same value and saturation.
+    np.testing.assert_allclose(
+        jitter.adjust_colours(red, hue=0.5).numpy(), [[[0, 200, 200]]], atol=1e-2
+    )
+    swapped = jitter.adjust_colours(PIXELS, permutation=tf.constant([2, 0, 1]))
+    np.testing.assert_allclose(swapped.numpy(), PIXELS[..., [2, 0, 1]], atol=1e-3)
+
+
+def test_random_photometric_strength_zero_is_identity_and_draws_follow_the_seed():
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, [6, 5, 3]), tf.float32)
+    same = jitter.random_photometric(image, 0.0, tf.constant([1, 2], tf.int64))
+    np.testing.assert_allclose(same.numpy(), image.numpy(), atol=1e-2)
+    first = jitter.random_photometric(image, 1.0, tf.constant([1, 2], tf.int64)).numpy()
+    again = jitter.random_photometric(image, 1.0, tf.constant([1, 2], tf.int64)).numpy()
+    other = jitter.random_photometric(image, 1.0, tf.constant([3, 4], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1.0
+    assert first.min() >= 0.0 and first.max() <= 255.0
+
+
+def test_jittered_size_is_the_factor_times_the_size():
+    size = tf.constant([100.0, 60.0])
+    np.testing.assert_array_equal(
+        jitter.jittered_size(size, (1.5, 1.5), tf.constant([0, 1], tf.int64)).numpy(), [150, 90]
+    )
+    draws = [
+        jitter.jittered_size(size, (0.5, 2.0), tf.constant([0, i], tf.int64)).numpy()
+        for i in range(40)
+    ]
+    heights = np.array([d[0] for d in draws])
+    assert heights.min() >= 50 and heights.max() <= 200
+    assert heights.min() < 80 and heights.max() > 130  # the range is used, not one end
+
+
+def test_crop_offset_stays_inside_and_is_zero_where_the_image_fits():
+    for i in range(20):
+        offset = jitter.crop_offset([50.0, 20.0], (32, 32), tf.constant([i, 7], tf.int64))
+        y, x = offset.numpy()
+        assert 0 <= y <= 18 and x == 0
+
+
+def test_crop_to_canvas_crops_image_and_masks_together_and_pads():
+    image = tf.reshape(tf.range(4 * 6 * 3, dtype=tf.float32), [4, 6, 3])
+    masks = tf.constant(np.arange(2 * 4 * 6).reshape(2, 4, 6) % 2, tf.uint8)
+    got_image, got_masks = jitter.crop_to_canvas(image, masks, tf.constant([1, 2]), (5, 3))
+    expected_image = np.zeros([5, 3, 3], np.float32)
+    expected_image[:3] = image.numpy()[1:, 2:5]
+    expected_masks = np.zeros([2, 5, 3], np.uint8)
+    expected_masks[:, :3] = masks.numpy()[:, 1:, 2:5]
+    np.testing.assert_array_equal(got_image.numpy(), expected_image)
+    np.testing.assert_array_equal(got_masks.numpy(), expected_masks)
+
+
+def _corners_example():
+    """32 x 32: instance 0 top-left 6 x 6, instance 1 bottom-right 6 x 6; image = 200 * mask."""
+    masks = np.zeros([2, 32, 32], np.uint8)
+    masks[0, :6, :6] = 1
+    masks[1, 26:, 26:] = 1
+    image = (masks.max(axis=0) * 200).astype(np.uint8)
+    return {
+        "image": tf.constant(np.repeat(image[..., None], 3, axis=-1)),
+        "masks": tf.constant(masks),
+        "classes": tf.constant([1, 2], tf.int32),
+        "is_crowd": tf.constant([False, False]),
+        "image_id": tf.constant(5, tf.int64),
+    }
+
+
+JITTER = DataConfig(
+    short_sides=(32,),
+    max_long_side=32,
+    output_size=(32, 32),
+    flip_probability=0.0,
+    scale_jitter=(2.0, 2.0),
+)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_scale_jitter_moves_image_and_masks_together_and_drops_cropped_instances(seed):
+    example = _corners_example()
+    out = augment_for_training(example, JITTER, tf.constant([seed, 9], tf.int64))
+    info = out["image_info"].numpy()
+    np.testing.assert_allclose(info[:3], [[32, 32], [64, 64], [2, 2]])
+    y0, x0 = info[3].astype(int)
+    assert 0 <= y0 <= 32 and 0 <= x0 <= 32
+    # The instances' 2x-scaled boxes: [0, 12) and [52, 64); kept iff they meet the window.
+    window = lambda lo, hi, start: lo < start + 32 and hi > start  # noqa: E731
+    expected = [
+        c
+        for c, (lo, hi) in zip([1, 2], [(0, 12), (52, 64)], strict=True)
+        if window(lo, hi, y0) and window(lo, hi, x0)
+    ]
+    np.testing.assert_array_equal(out["classes"].numpy(), expected)
+    masks, image = out["masks"].numpy(), out["image"].numpy()[..., 0]
+    assert masks.shape[0] == len(expected)
+    union = masks.max(axis=0) if len(expected) else np.zeros([32, 32], np.uint8)
+    # Bilinear x2 of a 0/200 image: the source pixel that nearest-neighbour picks carries 3/4
+    # of the weight along each axis, 9/16 in all, so a pixel inside a mask is >= 112.5 and one
+    # outside is <= 87.5 (200 x 7/16). Crossing edges would break this.
+    assert (image[union == 1] >= 112.5 - 1e-3).all()
+    assert (image[union == 0] <= 87.5 + 1e-3).all()
+
+
+def test_photometric_jitter_leaves_masks_alone():
+    config = DataConfig(
+        short_sides=(32,),
+        max_long_side=32,
+        output_size=(32, 32),
+        flip_probability=0.0,
+        photometric_jitter=1.0,
+    )
+    example = _corners_example()
+    out = augment_for_training(example, config, tf.constant([3, 3], tf.int64))
+    np.testing.assert_array_equal(out["masks"].numpy(), example["masks"].numpy())
+    plain = augment_for_training(
+        example, DataConfig(**{**config.__dict__, "photometric_jitter": 0.0}), tf.constant([3, 3])
+    )
+    assert np.abs(out["image"].numpy() - plain["image"].numpy()).max() > 1.0
+
+
+def test_jitters_off_leave_the_paper_augmentation_unchanged():
+    """With both jitters off the draws are the ones the paper recipes always had."""
+    base = DataConfig(short_sides=(16, 24, 32), max_long_side=32, output_size=(32, 32))
+    for seed in range(6):
+        out = augment_for_training(_corners_example(), base, tf.constant([seed, 1], tf.int64))
+        # Flip and size draws from the first two split seeds, as before the jitters existed.
+        size_seed, _ = tf.unstack(
+            tf.random.experimental.stateless_split(tf.constant([seed, 1], tf.int64), 2)
+        )
+        choice = tf.random.stateless_uniform([], size_seed, minval=0, maxval=3, dtype=tf.int32)
+        side = [16, 24, 32][int(choice)]
+        np.testing.assert_array_equal(out["image_info"].numpy()[1], [side, side])
+
+
+def test_both_jitters_inside_tf_data_map():
+    config = DataConfig(
+        **{**JITTER.__dict__, "scale_jitter": (0.5, 2.0), "photometric_jitter": 0.5}
+    )
+    dataset = tf.data.Dataset.from_tensors(_corners_example()).repeat(8).enumerate()
+    dataset = dataset.map(
+        lambda i, ex: augment_for_training(ex, config, tf.stack([tf.constant(0, tf.int64), i])),
+        num_parallel_calls=2,
+    )
+    assert dataset.element_spec["image"].shape == (32, 32, 3)
+    assert dataset.element_spec["masks"].shape.as_list() == [None, 32, 32]
+    sizes = set()
+    for element in dataset:
+        masks = element["masks"].numpy()
+        assert masks.dtype == np.uint8 and all(m.max() == 1 for m in masks)  # no empty mask
+        assert len(masks) == len(element["classes"].numpy())
+        sizes.add(tuple(element["image_info"].numpy()[1]))
+    assert len(sizes) > 2
+
+
+def test_jitter_config_is_validated():
+    with pytest.raises(ValueError, match="photometric_jitter"):
+        DataConfig(photometric_jitter=1.5)
+    with pytest.raises(ValueError, match="scale_jitter"):
+        DataConfig(scale_jitter=(2.0, 1.0))
