@@ -1,10 +1,15 @@
 """The main job on the embedded dataset: generate, train, evaluate, export, predict.
 
 Run by ``make demo``; everything lands under ``$DEMO_DIR`` (default ``runs/demo``):
-``data/``, ``model/``, ``eval/metrics.json``, ``saved_model/``, ``tflite/``, ``predictions/``
-and ``summary.json`` (wall time and peak memory of every stage). Each stage is a separate
-process, as a user would run it; a stage whose output exists is skipped, so an interrupted
-demo resumes (training resumes from its checkpoint by itself).
+``data/``, ``model/``, ``eval/metrics.json`` (the val split), ``eval_heldout/metrics.json``
+(the held-out style split), ``saved_model/``, ``tflite/``, ``predictions/`` and
+``summary.json`` (the machine, the estimate, wall time and peak memory of every stage). Each
+stage is a separate process, as a user would run it; a stage whose output exists is skipped, so
+an interrupted demo resumes (training resumes from its checkpoint by itself).
+
+Before anything else the demo measures this machine's matmul peak in the precision training
+will use (``--mixed_precision=auto``) and prints its estimate of the whole run, with a warning
+when that is well over the 15 minutes the recipe is sized for.
 """
 
 from __future__ import annotations
@@ -19,6 +24,56 @@ import time
 DEMO_DIR = os.environ.get("DEMO_DIR", "runs/demo")
 PY = os.environ.get("PYTHON", sys.executable)
 FLAGFILE = "experiments/shapes.flags"
+BUDGET_S = 15 * 60
+# Calibration of the estimate, from make demo runs (docs/benchmarks.md, "The demo"): training
+# images per second per GFLOP/s of matmul peak in the training precision, and the other stages'
+# (generate, evaluate twice, export, predict) seconds times GFLOP/s.
+IMAGES_PER_S_PER_GFLOPS = 0.027
+OTHER_STAGES_GFLOP = 46000.0
+# oneDNN's kernels: on by default only on CPUs with AVX-512; on an AVX2-only CPU they make the
+# demo's training step 1.27x faster (1.9 against 1.5 images/s, docs/benchmarks.md).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+PROBE = """
+import json
+from benchmarks.machine_peak import matmul_peak
+from solo_tf import hardware
+dtype = "bfloat16" if hardware.native_bfloat16() else "float32"
+peak = matmul_peak(dtype, n=1024, runs=5)
+print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"]}))
+"""
+
+
+def _flag(name: str) -> str:
+    with open(FLAGFILE) as f:
+        for line in f:
+            if line.startswith(f"--{name}="):
+                return line.strip().split("=", 1)[1]
+    raise KeyError(name)
+
+
+def estimate(summary: dict) -> None:
+    """Measures the machine, prints the expected wall time, warns when over the budget."""
+    out = subprocess.run([PY, "-c", PROBE], capture_output=True, text=True, check=True)
+    machine = json.loads(out.stdout.strip().splitlines()[-1])
+    images = int(_flag("total_steps")) * int(_flag("global_batch_size"))
+    train_s = images / (IMAGES_PER_S_PER_GFLOPS * machine["gflops"])
+    total_s = train_s + OTHER_STAGES_GFLOP / machine["gflops"]
+    summary["machine"] = machine
+    summary["estimate_s"] = {"train": round(train_s), "total": round(total_s)}
+    print(
+        f"[demo] this machine: {machine['cpu']}; training in {machine['dtype']}, matmul peak "
+        f"{machine['gflops']:.0f} GFLOP/s. Expected: about {total_s / 60:.0f} min in all "
+        f"(training {train_s / 60:.0f} min).",
+        flush=True,
+    )
+    if total_s > 1.3 * BUDGET_S:
+        print(
+            f"[demo] WARNING: this machine is slower than the recipe assumes (15 min needs about "
+            f"{machine['gflops'] * total_s / BUDGET_S:.0f} GFLOP/s): expect ~{total_s / 60:.0f} "
+            "min. Ctrl-C stops it; make demo resumes where it stopped.",
+            flush=True,
+        )
 
 
 def stages(d: str) -> list[tuple[str, list[str], str]]:
@@ -59,6 +114,19 @@ def stages(d: str) -> list[tuple[str, list[str], str]]:
                 f"--output_dir={d}/eval",
             ],
             f"{d}/eval/metrics.json",
+        ),
+        (
+            "evaluate_heldout",
+            [
+                PY,
+                "-m",
+                "solo_tf.evaluate",
+                f"--model_dir={d}/model",
+                f"--val_annotations={ann}/instances_heldout.json",
+                f"--val_images={data}/heldout",
+                f"--output_dir={d}/eval_heldout",
+            ],
+            f"{d}/eval_heldout/metrics.json",
         ),
         (
             "export_saved_model",
@@ -104,6 +172,10 @@ def run_stage(name, command, done_marker, summary):
     if os.path.exists(done_marker):
         print(f"[demo] {name}: already done ({done_marker})", flush=True)
         return
+    needed = [a.split("=", 1)[1] for a in command if a.startswith("--val_annotations=")]
+    if needed and not os.path.exists(needed[0]):
+        print(f"[demo] {name}: skipped, {needed[0]} does not exist", flush=True)
+        return
     print(f"[demo] {name}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -120,13 +192,15 @@ def main() -> int:
     os.makedirs(DEMO_DIR, exist_ok=True)
     summary = {"demo_dir": DEMO_DIR, "stages": {}}
     start = time.perf_counter()
+    estimate(summary)
     for name, command, marker in stages(DEMO_DIR):
         run_stage(name, command, marker, summary)
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
-    metrics_path = f"{DEMO_DIR}/eval/metrics.json"
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            summary["metrics"] = json.load(f)
+    for key, folder in (("metrics", "eval"), ("metrics_heldout", "eval_heldout")):
+        path = f"{DEMO_DIR}/{folder}/metrics.json"
+        if os.path.exists(path):
+            with open(path) as f:
+                summary[key] = json.load(f)
     with open(f"{DEMO_DIR}/summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))
