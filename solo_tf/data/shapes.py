@@ -4,6 +4,11 @@ Run it as ``python -m solo_tf.data.shapes --output_dir DIR`` or call ``generate`
 
   DIR/train/000001.png ...          DIR/annotations/instances_train.json
   DIR/val/000001.png ...            DIR/annotations/instances_val.json
+  DIR/heldout/000001.png ...        DIR/annotations/instances_heldout.json
+
+The held-out split has the same categories drawn in another style (other backgrounds,
+outlines, fills, distractors and heavier occlusion; see ``shapes_heldout``), so that a model
+can be scored on shapes its training split never showed in that style.
 
 Four categories (``CATEGORIES``): circle, triangle, square, star. Each image (256 to 512 px a
 side by default, never square) holds 1 to 12 of them with random colours, rotations and
@@ -41,7 +46,8 @@ CATEGORIES = [
     {"id": 4, "name": "star", "supercategory": "shape"},
 ]
 DISTRACTORS = ("ellipse", "cross", "line", "ring")
-SPLIT_CODES = {"train": 0, "val": 1}
+BACKGROUNDS = ("gradient", "stripes", "blotches", "noise")  # train and val only
+SPLIT_CODES = {"train": 0, "val": 1, "heldout": 2}
 
 MAX_OBJECTS = 12
 MIN_VISIBLE_AREA = 16  # pixels; smaller visible parts are not annotated
@@ -98,7 +104,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     image = np.broadcast_to(rng.uniform(30, 225, size=3).astype(np.float32), (h, w, 3)).copy()
     # One or more smooth textures, sometimes pixel noise on top. Pixel noise is kept to a
     # minority of images: it is what makes PNGs big.
-    smooth = ("gradient", "stripes", "blotches")
+    smooth = BACKGROUNDS[:3]
     chosen = [k for k in smooth if rng.random() < 0.5] or [smooth[rng.integers(len(smooth))]]
     if rng.random() < 0.35:
         chosen.append("noise")
@@ -210,8 +216,9 @@ def _rasterize(
 class _Canvas:
     """Paints shapes in order and keeps a per-pixel id of the topmost annotated instance."""
 
-    def __init__(self, background: np.ndarray):
+    def __init__(self, background: np.ndarray, min_visible_fraction: float = MIN_VISIBLE_FRACTION):
         self.image = background  # float32 [H, W, 3]
+        self.min_visible_fraction = min_visible_fraction
         self.h, self.w = background.shape[:2]
         self.ids = np.zeros((self.h, self.w), np.int32)  # 0: background or distractor
         self.full_areas = [0]  # index = instance id
@@ -226,7 +233,7 @@ class _Canvas:
         counts = np.bincount(covered, minlength=len(self.full_areas))
         for k in np.flatnonzero(counts[1:]) + 1:
             left = self.visible[k] - counts[k]
-            if left < max(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * self.full_areas[k]):
+            if left < max(MIN_VISIBLE_AREA, self.min_visible_fraction * self.full_areas[k]):
                 return False
         return True
 
@@ -248,7 +255,9 @@ class _Canvas:
                 best, best_margin = colour, margin
         return best
 
-    def place(self, rng: np.random.Generator, parts, area: float, category_id: int) -> bool:
+    def place(
+        self, rng: np.random.Generator, parts, area: float, category_id: int, fill: str = "shaded"
+    ) -> bool:
         """Tries random positions for one shape; paints it at the first that fits."""
         for _ in range(PLACEMENT_TRIES):
             centre = rng.uniform((0, 0), (self.w, self.h))
@@ -261,20 +270,26 @@ class _Canvas:
                 continue
             if not self._fits(y0, x0, mask):
                 continue
-            self._paint(rng, y0, x0, mask, category_id)
+            self._paint(rng, y0, x0, mask, category_id, fill)
             return True
         return False
 
-    def _paint(self, rng, y0: int, x0: int, mask: np.ndarray, category_id: int) -> None:
+    def _texture(self, rng, y0: int, x0: int, mask: np.ndarray, fill: str):
+        """(base colour [3], float32 [h', w', 3] to paint under the mask) of one fill style."""
+        if fill != "shaded":
+            raise ValueError(f"unknown fill {fill!r}")
         colour = self._pick_colour(rng, y0, x0, mask)
         hh, ww = mask.shape
-        window = (slice(y0, y0 + hh), slice(x0, x0 + ww))
         # A mild shading across the shape and a little grain, so colour is not all there is.
         y, x = _coords(hh, ww)
         angle = rng.uniform(0, 2 * math.pi)
         shade = (math.cos(angle) * x + math.sin(angle) * y) * rng.uniform(0, 20)  # [h', w']
         grain = rng.normal(0, rng.uniform(0, 4), size=(hh, ww, 1))
-        texture = (colour + shade[..., None] + grain).astype(np.float32)
+        return colour, (colour + shade[..., None] + grain).astype(np.float32)
+
+    def _paint(self, rng, y0: int, x0: int, mask: np.ndarray, category_id: int, fill: str):
+        colour, texture = self._texture(rng, y0, x0, mask, fill)
+        window = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
         self.image[window][mask] = texture[mask]
         ids = self.ids[window]
         if category_id > 0:
@@ -291,9 +306,13 @@ class _Canvas:
             self.visible[k] -= int(counts[k])
         ids[mask] = new_id
 
+    def kept(self) -> list[int]:
+        """Ids of the instances whose visible part is large enough to annotate."""
+        return [k for k in range(1, len(self.full_areas)) if self.visible[k] >= MIN_VISIBLE_AREA]
+
     def result(self) -> RenderedImage:
         """The uint8 image and the instances whose visible part is large enough."""
-        keep = [k for k in range(1, len(self.full_areas)) if self.visible[k] >= MIN_VISIBLE_AREA]
+        keep = self.kept()
         masks = (
             np.stack([self.ids == k for k in keep]) if keep else np.zeros((0, self.h, self.w), bool)
         )
@@ -379,13 +398,23 @@ def _annotations(rendered: RenderedImage, image_id: int, first_id: int) -> list[
     return annotations
 
 
+def _renderer(split: str):
+    """The render function of a split: the training style, or the held-out one."""
+    if split != "heldout":
+        return render_image
+    from solo_tf.data import shapes_heldout  # imports this module, hence imported late
+
+    return shapes_heldout.render_heldout_image
+
+
 def _write_split(output_dir, split, num_images, seed, min_size, max_size) -> tuple[str, str, int]:
     """Renders and writes one split; returns (annotation file, image folder, instances)."""
     image_dir = os.path.join(output_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
+    render = _renderer(split)
     for index in tqdm(range(num_images), desc=f"shapes {split}", unit="img"):
-        rendered = render_image(image_rng(seed, split, index), min_size, max_size)
+        rendered = render(image_rng(seed, split, index), min_size, max_size)
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(rendered.image).save(
@@ -423,19 +452,24 @@ def generate(
     seed: int = 0,
     min_size: int = 256,
     max_size: int = 512,
+    num_heldout: int = 100,
 ) -> dict:
-    """Writes the train and val splits under output_dir; returns their paths and counts.
+    """Writes the train, val and held-out splits under output_dir; returns paths and counts.
 
     Keys: ``train_annotations``, ``train_images``, ``val_annotations``, ``val_images`` (as in
     ``DataConfig``), ``num_train``, ``num_val`` (images), ``num_train_instances``,
-    ``num_val_instances``.
+    ``num_val_instances``, and with ``num_heldout > 0`` the same four ``heldout_`` /
+    ``_heldout`` keys. The train and val bytes do not depend on ``num_heldout``.
     """
-    if seed < 0 or num_train < 0 or num_val < 0:
-        raise ValueError("seed, num_train and num_val must be >= 0")
+    if min(seed, num_train, num_val, num_heldout) < 0:
+        raise ValueError("seed, num_train, num_val and num_heldout must be >= 0")
     if not 32 <= min_size <= max_size:
         raise ValueError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
     result = {}
-    for split, count in (("train", num_train), ("val", num_val)):
+    splits = [("train", num_train), ("val", num_val)]
+    if num_heldout > 0:
+        splits.append(("heldout", num_heldout))
+    for split, count in splits:
         annotations, images, instances = _write_split(
             output_dir, split, count, seed, min_size, max_size
         )
@@ -452,7 +486,9 @@ def main(argv):
     from absl import flags
 
     f = flags.FLAGS
-    result = generate(f.output_dir, f.num_train, f.num_val, f.seed, f.min_size, f.max_size)
+    result = generate(
+        f.output_dir, f.num_train, f.num_val, f.seed, f.min_size, f.max_size, f.num_heldout
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -460,9 +496,10 @@ if __name__ == "__main__":
     # Flags are defined here only, so importing this module from another entry point adds none.
     from absl import app, flags
 
-    flags.DEFINE_string("output_dir", None, "Where to write train/, val/ and annotations/.")
+    flags.DEFINE_string("output_dir", None, "Where to write the image folders and annotations/.")
     flags.DEFINE_integer("num_train", 600, "Training images.")
     flags.DEFINE_integer("num_val", 100, "Validation images.")
+    flags.DEFINE_integer("num_heldout", 100, "Held-out style validation images (0: none).")
     flags.DEFINE_integer("seed", 0, "Dataset seed: same seed, same bytes.")
     flags.DEFINE_integer("min_size", 256, "Smallest image side in pixels.")
     flags.DEFINE_integer("max_size", 512, "Largest image side in pixels.")
