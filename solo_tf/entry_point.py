@@ -5,6 +5,10 @@ error's own message (file, image id...), without TensorFlow's graph-node decorat
 traceback goes to the log at debug level. The process leaves through ``os._exit``: after an
 error inside tf.data, the destructors of its iterators can wait forever on decoding threads
 that need the interpreter, and an input error must never look like a hang.
+
+SIGTERM and SIGINT are honoured in every state, a main thread blocked inside TensorFlow
+included (``termination``): SIGTERM ends a command with exit code 143 and the line
+``NAME: stopped by SIGTERM`` (training first saves a checkpoint and exits 0), SIGINT with 130.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import traceback
 
 import tensorflow as tf
 from absl import app, logging
+
+from solo_tf import termination
 
 _DECORATIONS = (
     r"\{\{function_node [^}]*\}\}",  # {{function_node __wrapped__IteratorGetNext...}}
@@ -43,6 +49,7 @@ def run(main) -> None:
     """``absl.app.run(main)``; an exception from ``main`` ends the process as described above."""
 
     def guarded(argv):
+        termination.install()
         try:
             return main(argv)
         except (SystemExit, app.UsageError):
@@ -50,10 +57,15 @@ def run(main) -> None:
         except BaseException as error:  # noqa: BLE001 - every error ends the same way
             logging.debug("%s", traceback.format_exc())
             name = os.path.basename(sys.argv[0]) or "solo_tf"
-            sys.stderr.write(f"{name}: error: {readable_message(error)}\n")
+            if isinstance(error, termination.Terminated):
+                line, code = f"{name}: stopped by SIGTERM", 143
+            else:
+                line = f"{name}: error: {readable_message(error)}"
+                code = 130 if isinstance(error, KeyboardInterrupt) else 1
+            sys.stderr.write(line + "\n")
             std_logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+            os._exit(code)
 
     app.run(guarded)

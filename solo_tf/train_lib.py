@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 
 import keras
@@ -22,7 +21,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from solo_tf import config as cfg
-from solo_tf import distribute, hardware, losses, optimization
+from solo_tf import distribute, hardware, losses, optimization, termination
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.data import inputs
 from solo_tf.modeling import factory
@@ -152,21 +151,6 @@ def _checkpoint_dir(model_dir, strategy):
     # Non-chief workers must save too (collectives) but somewhere thrown away.
     task_id = strategy.cluster_resolver.task_id
     return os.path.join(model_dir, f".worker_tmp_{task_id}")
-
-
-class _Sigterm:
-    """Turns SIGTERM into a flag the loop checks between tf.function calls."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-        self.received = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _steps_this_call(step, total, config: cfg.TrainConfig):
@@ -325,15 +309,14 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, af
         os.path.join(tconf.model_dir, "train") if run.chief else os.path.join("/tmp", "solo_null")
     )
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not (progress and run.chief))
-    sigterm = _Sigterm()
     metrics = {}
     try:
-        metrics = _loop(run, writer, bar, sigterm, eval_fn, after_loop)
-        if sigterm.received and not _saved_at(run.manager, run.step):
-            run.manager.save(checkpoint_number=run.step)
+        with termination.cooperative() as sigterm:
+            metrics = _loop(run, writer, bar, sigterm, eval_fn, after_loop)
+            if sigterm.received and not _saved_at(run.manager, run.step):
+                run.manager.save(checkpoint_number=run.step)
     finally:
         bar.close()
-        sigterm.restore()
         writer.flush()
     metrics["step"] = run.step
     metrics["stopped_by_sigterm"] = sigterm.received
