@@ -31,6 +31,9 @@ def main(argv):
     eval_fn = eval_lib.make_eval_fn(config) if has_val else None
     _, metrics = train_lib.train(config, eval_fn=eval_fn)
     logging.info("Training stopped at step %d: %s", metrics["step"], metrics)
+    if metrics["skipped"]:
+        log = os.path.join(config.train.model_dir, "train.INFO")
+        print(f"--bad_sample_policy=skip: {metrics['skipped']} (each named in {log})")
     if FLAGS.eval_at_end and eval_fn is not None and not metrics["stopped_by_sigterm"]:
         detector = Detector.from_model_dir(config.train.model_dir, config=config)
         result = eval_fn(detector.model)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from solo_tf import config as cfg
 from solo_tf import distribute, hardware, losses, optimization, termination
 from solo_tf import model_dir as model_dir_lib
-from solo_tf.data import inputs
+from solo_tf.data import errors, inputs
 from solo_tf.modeling import factory
 
 LOSS_KEYS = ("loss", "loss_cate", "loss_mask")
@@ -199,6 +199,7 @@ class _Run:
     optimizer: keras.optimizers.Optimizer
     checkpoint: tf.train.Checkpoint
     manager: tf.train.CheckpointManager
+    source: inputs.Source
     iterator: object
     loop: object  # make_train_loop's tf.function
     scaler: DynamicLossScale | None
@@ -285,6 +286,7 @@ def setup(config: cfg.SOLOConfig, strategy=None) -> _Run:
         optimizer,
         checkpoint,
         manager,
+        source,
         iterator,
         loop,
         scaler,
@@ -320,7 +322,21 @@ def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, af
         writer.flush()
     metrics["step"] = run.step
     metrics["stopped_by_sigterm"] = sigterm.received
+    metrics["skipped"] = skip_summary(run.source)
+    if metrics["skipped"]:
+        logging.warning("bad_sample_policy=skip: %s", metrics["skipped"])
     return run.model, metrics
+
+
+def skip_summary(source: inputs.Source) -> str:
+    """What ``bad_sample_policy=skip`` left out of training so far, in one line ('' under
+    ``error``): counts of the images decoded until now, not of the whole dataset."""
+    if source.bad_sample_policy != "skip":
+        return ""
+    reader = source.reader
+    if reader is None:
+        return errors.skip_summary(None, 0, source.num_images, source.cut_shards)
+    return errors.skip_summary(reader.skipped, reader.images_skipped, reader.num_listed)
 
 
 def _loop(run: _Run, writer, bar, sigterm, eval_fn, after_loop) -> dict:

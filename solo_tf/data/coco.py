@@ -141,6 +141,16 @@ class CocoReader:
         """Counter of skipped samples by reason (``errors`` constants); grows while decoding."""
         return self._skips.counts
 
+    @property
+    def images_skipped(self) -> int:
+        """How many images were dropped whole so far (``skip`` policy)."""
+        return self._skips.images_skipped
+
+    @property
+    def num_listed(self) -> int:
+        """How many images the JSON lists (``num_images``: those the reader yields)."""
+        return self._num_listed
+
     def load(self, index: int, with_source: bool = False) -> dict | None:
         """Decodes the ``index``-th image into numpy arrays; None when skipped.
 

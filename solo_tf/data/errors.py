@@ -27,6 +27,7 @@ MASK_SIZE_MISMATCH = "mask_size_mismatch"  # RLE size or length != image size (s
 BAD_SEGMENTATION = "bad_segmentation"  # malformed segmentation field (sample)
 DEGENERATE_POLYGON = "degenerate_polygon"  # < 3 points or zero area (that polygon)
 EMPTY_MASK = "empty_mask"  # the instance covers no pixel (that annotation)
+_ANNOTATION_REASONS = (DEGENERATE_POLYGON, EMPTY_MASK)  # the image is kept
 
 
 class BadSampleError(ValueError):
@@ -69,7 +70,7 @@ class SkipLog:
                 return
             self._seen.add(key)
             self._counts[error.reason] += 1
-            if error.reason not in (DEGENERATE_POLYGON, EMPTY_MASK):
+            if error.reason not in _ANNOTATION_REASONS:
                 self._images.add(error.image_id)
         logging.warning("skipped (%s): %s", error.reason, error)
 
@@ -83,6 +84,32 @@ class SkipLog:
     def counts(self) -> collections.Counter:
         with self._lock:
             return collections.Counter(self._counts)
+
+
+def skip_summary(counts, images_skipped: int, num_listed: int, cut_shards=None) -> str:
+    """One line on what the ``skip`` policy left out: images dropped whole and annotations
+    dropped, by reason (``SkipLog.counts``; None: TFRecords, not counted), and files whose
+    tail could not be read (``{file: records read}``)."""
+    if counts is None:
+        parts = [
+            f"{num_listed} records readable; examples that fail to decode are dropped "
+            "and logged by tf.data, not counted"
+        ]
+        counts = {}
+    else:
+        whole = {k: v for k, v in sorted(counts.items()) if k not in _ANNOTATION_REASONS}
+        parts = [f"{images_skipped} of {num_listed} images skipped ({_reasons(whole)})"]
+    partial = {k: v for k, v in sorted(counts.items()) if k in _ANNOTATION_REASONS}
+    if partial:
+        dropped = sum(partial.values())
+        parts.append(f"{dropped} annotations dropped, their images kept ({_reasons(partial)})")
+    for path, count in sorted((cut_shards or {}).items()):
+        parts.append(f"the tail of {path} could not be read ({count} records read)")
+    return "; ".join(parts)
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in counts.items()) or "none"
 
 
 def validate_structure(data, path: str) -> None:

@@ -35,6 +35,7 @@ class Source:
     annotation_file: str = ""  # ground truth for COCO evaluation, when known
     examples: tf.data.Dataset | None = None
     bad_sample_policy: str = "error"
+    cut_shards: dict = dataclasses.field(default_factory=dict)  # {file: records read}: tail lost
 
     def _decoded(self, parallel_calls, deterministic) -> tf.data.Dataset:
         if self.examples is not None:
@@ -115,13 +116,14 @@ def open_source(data: cfg.DataConfig, split: str) -> Source:
             raise FileNotFoundError(f"--{split}_tfrecords {pattern!r} matches no file")
         prefix = pattern.split("*")[0].rsplit("-", 1)[0]
         label_map = LabelMap.from_json(tfrecord.label_map_path(_label_prefix(prefix)))
-        count = sum(tfrecord.count_records(f, policy) for f in files)
+        count, cut_shards = tfrecord.count_shards(files, policy)
         return Source(
             label_map,
             count,
             tfrecord_pattern=pattern,
             annotation_file=annotations,
             bad_sample_policy=policy,
+            cut_shards=cut_shards,
         )
     if not annotations:
         raise ValueError(f"no {split} data: set --{split}_annotations or --{split}_tfrecords")

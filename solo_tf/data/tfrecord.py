@@ -200,6 +200,24 @@ def count_records(path: str, policy: str = "error") -> int:
     under the ``error`` policy; under ``skip`` the records before it count, and a warning
     names the file and says how many were read.
     """
+    return _count(path, policy)[0]
+
+
+def count_shards(files, policy: str = "error") -> tuple[int, dict[str, int]]:
+    """The readable records of ``files`` in all, and ``{file: records read}`` of the files
+    whose tail cannot be read (``skip``; under ``error`` such a file raises as in
+    ``count_records``)."""
+    total, cut = 0, {}
+    for path in files:
+        count, complete = _count(path, policy)
+        total += count
+        if not complete:
+            cut[path] = count
+    return total, cut
+
+
+def _count(path: str, policy: str) -> tuple[int, bool]:
+    """(records read, whether the whole file could be read)."""
     count = 0
     try:
         for _ in tf.data.TFRecordDataset(path):
@@ -212,7 +230,8 @@ def count_records(path: str, policy: str = "error") -> int:
                 f"{where}; fix or drop the file, or use --bad_sample_policy=skip"
             ) from None
         logging.warning("%s: skipped with the rest of the file, %d records read", where, count)
-    return count
+        return count, False
+    return count, True
 
 
 def _to_example(decoded: dict, table: tf.lookup.StaticHashTable) -> dict:
