@@ -257,23 +257,43 @@ def evaluate_detector(
         dataset = dataset.unbatch().take(max_images).batch(batch_size)
     detect = detector.detect_fn()
     results, image_ids, images_per_s = detect_dataset(detect, dataset, count, progress)
-    return _scored(source.annotation_file, results, image_ids, count, per_category, images_per_s)
+    for path, read in sorted(source.cut_shards.items()):
+        logging.warning(
+            "%s: the file could not be read past its first %d records; the images of its "
+            "tail are left out of the score",
+            path,
+            read,
+        )
+    metrics = _scored(
+        source.annotation_file, results, image_ids, max_images, per_category, images_per_s
+    )
+    if source.cut_shards:
+        metrics["cut_shards"] = dict(source.cut_shards)  # {file: records read}
+    return metrics
 
 
-def _scored(annotations, results, image_ids, expected, per_category, images_per_s) -> dict:
-    """``evaluate_coco`` on the images read, with the counts and speed."""
+def _scored(annotations, results, image_ids, max_images, per_category, images_per_s) -> dict:
+    """``evaluate_coco`` on the images read, with the counts and speed.
+
+    ``num_images_left_out``: the images of the ground truth (its first ``max_images``, when
+    not 0) that were not read: unreadable image files, the tail of a truncated TFRecord.
+    """
     if not image_ids:
         raise ValueError(f"no image of {annotations} could be read: nothing to evaluate")
+    coco_gt = _load_coco(annotations)
+    expected = len(coco_gt.getImgIds())
+    expected = min(expected, max_images) if max_images else expected
     if len(image_ids) < expected:
         logging.warning(
-            "%d of %d images could not be read and are left out of the score",
+            "%d of the %d images of %s could not be read and are left out of the score",
             expected - len(image_ids),
             expected,
+            annotations,
         )
-    metrics = evaluate_coco(annotations, results, per_category, image_ids=image_ids)
+    metrics = evaluate_coco(coco_gt, results, per_category, image_ids=image_ids)
     metrics["images_per_s"] = images_per_s
     metrics["num_images"] = len(image_ids)
-    metrics["num_images_left_out"] = expected - len(image_ids)
+    metrics["num_images_left_out"] = max(expected - len(image_ids), 0)
     metrics["detections"] = results
     return metrics
 
@@ -375,7 +395,7 @@ def evaluate_predictor(
             results += detections_to_coco_results(batch, [int(example["image_id"])])
             image_ids.append(int(example["image_id"]))
     images_per_s = (len(image_ids) - 1) / seconds if seconds > 0 else None
-    return _scored(annotations, results, image_ids, count, per_category, images_per_s)
+    return _scored(annotations, results, image_ids, max_images, per_category, images_per_s)
 
 
 def evaluate_exported(saved_model: str = "", tflite: str = "", **kwargs) -> dict:
