@@ -55,18 +55,20 @@ def environment() -> dict:
 
 
 class _Running:
-    def __init__(self, args: list[str], timeout: float):
+    def __init__(self, args: list[str], timeout: float, env: dict | None = None, rss=True):
+        """``env``: variables on top of ``environment()``; ``rss``: under ``/usr/bin/time``
+        (False: ``process`` is the command itself, which a signal must reach)."""
         self.args, self.timeout = args, timeout
         self._files = [tempfile.TemporaryFile("w+") for _ in range(2)]
         self._rss = tempfile.NamedTemporaryFile("r", suffix=".rss", delete=False)
         command = args
-        if os.path.exists(TIME):
+        if rss and os.path.exists(TIME):
             command = [TIME, "-o", self._rss.name, "-f", "%M", *args]
         self.start = time.perf_counter()
         self.process = subprocess.Popen(
             command,
             cwd=REPO,
-            env=environment(),
+            env={**environment(), **(env or {})},
             stdout=self._files[0],
             stderr=self._files[1],
             start_new_session=True,
@@ -102,6 +104,14 @@ class _Running:
         file.close()
         return text
 
+    def peek(self) -> tuple[str, str]:
+        """stdout and stderr so far."""
+        texts = []
+        for file in self._files:  # pread: the child's writes share the file offset
+            size = os.fstat(file.fileno()).st_size
+            texts.append(os.pread(file.fileno(), size, 0).decode(errors="replace"))
+        return texts[0], texts[1]
+
 
 def python_module(module: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", module, *flags]
@@ -132,3 +142,24 @@ def run_all(commands: list[list[str]], timeout: float = DEFAULT_TIMEOUT) -> list
     """Runs several commands concurrently; results in the same order."""
     running = [_Running(args, timeout) for args in commands]
     return [r.wait() for r in running]
+
+
+def run_and_signal(
+    args: list[str],
+    ready,
+    signum: int = signal.SIGTERM,
+    env: dict | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Result, float]:
+    """Runs ``args``, sends ``signum`` to it once ``ready(stdout, stderr)`` holds (polled each
+    half second) and waits for its exit: its result, and the seconds from the signal to it."""
+    running = _Running(args, timeout, env=env, rss=False)
+    while not ready(*running.peek()):
+        if running.process.poll() is not None or time.perf_counter() - running.start > timeout:
+            result = running.wait()
+            raise AssertionError("exited before it was ready:\n" + result.explain())
+        time.sleep(0.5)
+    sent = time.perf_counter()
+    running.process.send_signal(signum)
+    result = running.wait()
+    return result, time.perf_counter() - sent

@@ -142,12 +142,19 @@ def test_train_skip(tmp_path, split, table):
     assert len(reasons) == 4, lines
     for image_id in (1, 2, 3, 4):
         assert any(re.search(rf"image id {image_id}\b", line) for line in lines), lines
+    summary = (
+        "--bad_sample_policy=skip: 3 of 10 images skipped (image_size_mismatch: 1, "
+        "missing_file: 1, undecodable_image: 1); 1 annotations dropped, their images kept "
+        "(degenerate_polygon: 1)"
+    )
+    printed = [line for line in result.stdout.splitlines() if "--bad_sample_policy" in line]
+    assert len(printed) == 1 and printed[0].startswith(summary), result.explain()
     table.add(
         "missing + truncated + wrong size (3 of 10) + 2-point polygon",
         "skip",
         "train --total_steps=1 --max_skip_fraction=0.3",
         result,
-        f"trains; log: {len(reasons)} skips {reasons}",
+        f"trains; log: {len(reasons)} skips {reasons}; prints: {printed[0]}",
     )
 
 

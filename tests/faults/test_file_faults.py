@@ -84,15 +84,21 @@ def test_corrupt_shard_skip(tmp_path, split, shards, model_dir, table):
     assert result.returncode == 0, result.explain()
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
-    assert 5 <= metrics["num_images"] < 10, metrics  # shard 2 whole, shard 1 in part
-    assert os.path.basename(bad) in result.stderr
+    read = metrics["num_images"]
+    assert 5 <= read < 10, metrics  # shard 2 whole, shard 1 in part
+    assert metrics["num_images_left_out"] == 10 - read, metrics  # the tail of shard 1
+    assert metrics["cut_shards"] == {bad: read - 5}, metrics  # 5 records in each shard
+    said = [line for line in result.stderr.splitlines() if "could not be read past" in line]
+    assert said and bad in said[0] and f"first {read - 5} records" in said[0], result.explain()
+    left = f"{10 - read} of the 10 images of {split.annotations} could not be read"
+    assert left in result.stderr, result.explain()
     table.add(
         "truncated TFRecord shard",
         "skip",
         "evaluate --val_tfrecords",
         result,
-        f"exit 0, {metrics['num_images']} of 10 images scored (AP {metrics['AP']:.4f}); the "
-        "shard is named in a warning",
+        f"exit 0, {read} of 10 images scored (AP {metrics['AP']:.4f}), num_images_left_out "
+        f"{metrics['num_images_left_out']}; warns: " + said[0].split("] ", 1)[-1],
     )
 
 
