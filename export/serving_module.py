@@ -10,7 +10,10 @@ SavedModel and TFLite writers (``export.saved_model``, ``export.tflite``) hand t
 saved through a plain ``tf.Module`` loses its weights on the way to TFLite).
 
 Shape letters: B batch, H0 W0 an input image's size, H W the padded model input
-(``DataConfig.output_size``), K ``PostprocessConfig.max_detections``, Ho Wo the output mask
+(``DataConfig.output_size`` with ``pad_mode="canvas"``; with ``"multiple"`` the batch's
+largest image rounded up to 32, the rest padded with the mean colour: send one image per
+request for the authors' test geometry, or a batch of one size as ``serving_default`` takes),
+K ``PostprocessConfig.max_detections``, Ho Wo the output mask
 size (the batch's largest H0 and W0).
 
 Bad input fails with ``tf.errors.InvalidArgumentError`` and a message that says what was
@@ -62,19 +65,32 @@ def _check_batch(batch_size: tf.Tensor, what: str):
 
 
 def _preprocess_batch(fn, elems, detector: Detector, what: str, max_pixels: int):
-    """``tf.map_fn`` of ``fn(elem) -> uint8 image`` then ``preprocess_image`` over a batch."""
-    height, width = detector.config.data.output_size
+    """``tf.map_fn`` of ``fn(elem) -> uint8 image`` then ``preprocess_image`` over a batch,
+    padded to its largest image with ``pad_mode="multiple"``."""
     with tf.control_dependencies([_check_batch(tf.shape(elems)[0], what)]):
         elems = tf.identity(elems)
+    info_spec = tf.TensorSpec([4, 2], tf.float32)
+    if detector.config.data.pad_mode == "canvas":
+        height, width = detector.config.data.output_size
+        return tf.map_fn(
+            lambda elem: preprocess_image(fn(elem), detector, max_pixels),
+            elems,
+            fn_output_signature=(tf.TensorSpec([height, width, 3], tf.float32), info_spec),
+        )
+
+    def ragged(elem):  # each image at its own padded size: [H_b, (W_b), 3]
+        image, image_info = preprocess_image(fn(elem), detector, max_pixels)
+        return tf.RaggedTensor.from_tensor(image), image_info
+
     images, image_info = tf.map_fn(
-        lambda elem: preprocess_image(fn(elem), detector, max_pixels),
+        ragged,
         elems,
         fn_output_signature=(
-            tf.TensorSpec([height, width, 3], tf.float32),
-            tf.TensorSpec([4, 2], tf.float32),
+            tf.RaggedTensorSpec([None, None, 3], tf.float32, ragged_rank=1),
+            info_spec,
         ),
-    )
-    return images, image_info
+    )  # images: [B, (H_b), (W_b), 3]
+    return images.to_tensor(default_value=detector.pad_colour), image_info
 
 
 def _with_info(detections: dict, image_info: tf.Tensor) -> dict:

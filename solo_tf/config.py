@@ -140,8 +140,12 @@ class DataConfig:
     short_sides: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     max_long_side: int = 1333
     eval_short_side: int = 800
-    # Every image is padded (bottom/right) to this fixed shape so batches have one shape.
-    # The resize also keeps the image inside it.
+    # How a resized image is padded (bottom/right, with the mean colour; solo_tf.data.geometry):
+    # "multiple" (the authors): to the next multiple of 32, a training batch to its largest
+    # image; "canvas": to the fixed output_size (XLA, TPU, TFLite), which never shrinks an
+    # image (one that does not fit is an error).
+    pad_mode: Literal["canvas", "multiple"] = "canvas"
+    # The fixed canvas (pad_mode="canvas"), and the default input size of TFLite/ONNX exports.
     output_size: tuple[int, int] = (1344, 1344)
     flip_probability: float = 0.5
     # Beyond the paper (off in its flagfiles; data/jitter.py): photometric jitter strength
@@ -176,6 +180,8 @@ class DataConfig:
             )
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"--max_skip_fraction={self.max_skip_fraction}: need 0 to 1")
+        if self.pad_mode not in ("canvas", "multiple"):
+            raise ValueError(f"--pad_mode={self.pad_mode}: need canvas or multiple")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +242,14 @@ class SOLOConfig:
             )
         if len(self.targets.scale_ranges) != len(self.targets.num_grids):
             raise ValueError("targets.scale_ranges needs one (low, high) pair per level")
+        if self.data.pad_mode == "multiple" and (
+            self.train.jit_compile or self.train.strategy == "tpu"
+        ):
+            raise ValueError(
+                "--jit_compile and --strategy=tpu need one input shape, but "
+                "--pad_mode=multiple pads each batch to its largest image: use "
+                "--pad_mode=canvas with an --output_size that holds the largest resized image"
+            )
         if self.targets.mask_stride != min(self.model.mask_strides):
             raise ValueError(
                 f"targets.mask_stride {self.targets.mask_stride} must equal the finest mask "
@@ -252,8 +266,9 @@ def from_dict(data: dict) -> SOLOConfig:
     """Inverse of ``to_dict`` for ``SOLOConfig``; unknown keys raise a KeyError naming them.
 
     A model section without ``backbone_type`` was written when keras-cv's ResNet was the only
-    backbone, a targets section without ``contested_cells`` when the smaller instance won:
-    they keep that meaning (the model_dir's checkpoints need it).
+    backbone, a targets section without ``contested_cells`` when the smaller instance won, a
+    data section without ``pad_mode`` when every image was padded to ``output_size``: they
+    keep that meaning (the model_dir's checkpoints need it).
     """
 
     def build(cls, values):
@@ -271,11 +286,12 @@ def from_dict(data: dict) -> SOLOConfig:
     # config.json files written before these fields existed describe the behaviour of then.
     model = {"backbone_type": "keras_cv", **data.get("model", {})}
     targets = {"contested_cells": "smaller", **data.get("targets", {})}
+    data_section = {"pad_mode": "canvas", **data.get("data", {})}
     return SOLOConfig(
         model=build(ModelConfig, model),
         targets=build(TargetConfig, targets),
         loss=build(LossConfig, data.get("loss", {})),
         postprocess=build(PostprocessConfig, data.get("postprocess", {})),
-        data=build(DataConfig, data.get("data", {})),
+        data=build(DataConfig, data_section),
         train=build(TrainConfig, data.get("train", {})),
     )

@@ -19,6 +19,7 @@ import tensorflow as tf
 from solo_tf import config as cfg
 from solo_tf import model_dir as model_dir_lib
 from solo_tf import postprocess
+from solo_tf.data import geometry
 from solo_tf.data.augment import preprocess_for_eval
 from solo_tf.data.label_map import LabelMap
 from solo_tf.modeling import factory
@@ -74,6 +75,11 @@ class Detector:
         return cls(model=model, config=config, label_map=label_map)
 
     @property
+    def pad_colour(self) -> tuple[float, float, float]:
+        """RGB of the padding: 0 after the model's input normalisation."""
+        return geometry.pad_colour(self.config.model.input_normalization)
+
+    @property
     def names(self) -> dict[int, str]:
         """Dataset category id -> name."""
         return self.label_map.names_by_id()
@@ -104,17 +110,23 @@ class Detector:
         )
 
     def detect_fn(self, output_size=None, per_image: bool = True, lazy_masks: bool = True):
-        """``detect`` as a ``tf.function`` of (images, image_info)."""
+        """``detect`` as a ``tf.function`` of (images, image_info); with
+        ``pad_mode="multiple"`` each padded size is a new input shape, so it generalises to
+        any height and width after the first few instead of tracing every size."""
         return tf.function(
             lambda images, image_info: self.detect(
                 images, image_info, output_size, per_image=per_image, lazy_masks=lazy_masks
-            )
+            ),
+            reduce_retracing=True,
         )
 
     def preprocess(self, image) -> tuple[tf.Tensor, tf.Tensor]:
         """One uint8 [H0, W0, 3] image -> (float32 [H, W, 3], image_info [4, 2]): the
-        evaluation resize and padding of ``preprocess_for_eval``."""
-        inputs = preprocess_for_eval({"image": image, "image_id": 0}, self.config.data)
+        evaluation resize and padding of ``preprocess_for_eval``, with the mean colour of
+        the model's normalisation."""
+        inputs = preprocess_for_eval(
+            {"image": image, "image_id": 0}, self.config.data, self.pad_colour
+        )
         return inputs["image"], inputs["image_info"]
 
     def detect_image(
@@ -125,7 +137,7 @@ class Detector:
         [n, H0, W0], ``detection_boxes`` [n, 4].
 
         ``full_size=False``: masks and boxes at the resized image's size (the model's
-        resolution, at most ``data.output_size``), a uniform scaling of the original, so that
+        resolution), a uniform scaling of the original, so that
         a 24-megapixel photo costs the memory of a 1333-pixel one."""
         detect_fn = detect_fn or self.detect_fn()
         padded, image_info = self.preprocess(image)

@@ -250,11 +250,8 @@ def evaluate_detector(
     source = source or inputs.open_source(config.data, "val")
     if not source.annotation_file:
         raise ValueError("COCO evaluation needs --val_annotations (the ground-truth JSON)")
-    dataset = inputs.eval_dataset(config, source, batch_size)
-    count = source.num_images
-    if max_images:
-        count = min(count, max_images)
-        dataset = dataset.unbatch().take(max_images).batch(batch_size)
+    dataset = inputs.eval_dataset(config, source, batch_size, max_images)
+    count = min(source.num_images, max_images) if max_images else source.num_images
     detect = detector.detect_fn()
     results, image_ids, images_per_s = detect_dataset(detect, dataset, count, progress)
     for path, read in sorted(source.cut_shards.items()):

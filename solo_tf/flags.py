@@ -71,7 +71,10 @@ HELP = {
     "short_sides": "Training short sides, one drawn per image.",
     "max_long_side": "Cap on the resized long side.",
     "eval_short_side": "Short side at evaluation.",
-    "output_size": "Fixed padded input height,width (multiples of 32).",
+    "pad_mode": "multiple (the authors: each image padded to a multiple of 32, a batch to its "
+    "largest image) or canvas (every image padded to --output_size: XLA, TPU, TFLite).",
+    "output_size": "Fixed padded input height,width (multiples of 32) of --pad_mode=canvas, "
+    "and the default size of TFLite/ONNX exports.",
     "flip_probability": "Probability of a horizontal flip in training.",
     "photometric_jitter": "Training colour jitter strength 0..1 (brightness, contrast, "
     "saturation, hue, channel order); 0 is off, as in the paper.",

@@ -52,14 +52,15 @@ def build_targets(
       classes: int32 [N], contiguous class indices.
       is_crowd: bool [N]; crowd instances are never assigned.
       config: the label-assignment configuration.
-      image_size_hw: (H, W) as Python ints, the padded input size (multiples of
-        ``config.mask_stride``).
+      image_size_hw: (H, W), the padded input size (multiples of ``config.mask_stride``):
+        Python ints, or int32 scalars when the size is known only at run time (a padded
+        batch); the grid spans it.
 
     Returns:
       ``cate_targets`` int32 [G] (-1 background), ``mask_indices`` int32 [G] (-1 none),
       ``instance_masks`` uint8 [N_max, H/stride, W/stride], ``num_instances`` int32 [].
     """
-    height, width = int(image_size_hw[0]), int(image_size_hw[1])
+    height, width = (_static_or_tensor(v) for v in image_size_hw)
     n_max = int(config.max_instances)
     with tf.name_scope("build_targets"):
         masks = tf.convert_to_tensor(masks, tf.uint8)[:n_max]
@@ -80,7 +81,7 @@ def build_targets(
 
         cate_levels, index_levels = [], []
         for num_grid, (low, high) in zip(config.num_grids, config.scale_ranges, strict=True):
-            in_level = used & (box_area >= float(low) ** 2) & (box_area <= float(high) ** 2)
+            in_level = used & _in_range(box_area, low, high)
             region = _center_region(stats, num_grid, height, width, config.center_epsilon)
             cate, index = _assign_cells(region, in_level, priority, classes, num_grid, n_max)
             cate_levels.append(cate)
@@ -88,13 +89,48 @@ def build_targets(
 
         instance_masks = _downsample_masks(strips, stride)
         instance_masks = tf.pad(instance_masks, [[0, n_max - num_instances], [0, 0], [0, 0]])
-        instance_masks = tf.ensure_shape(instance_masks, [n_max, height // stride, width // stride])
+        instance_masks = tf.ensure_shape(
+            instance_masks,
+            [n_max, *(v // stride if isinstance(v, int) else None for v in (height, width))],
+        )
         return {
             "cate_targets": tf.concat(cate_levels, axis=0),
             "mask_indices": tf.concat(index_levels, axis=0),
             "instance_masks": instance_masks,
             "num_instances": num_instances,
         }
+
+
+def has_positive_cells(masks: tf.Tensor, is_crowd: tf.Tensor, config: TargetConfig) -> tf.Tensor:
+    """bool []: whether ``build_targets`` gives the image a positive cell, at any padded size.
+
+    True iff one of the first N_max instances is used (not crowd, non-empty mask) and in the
+    scale range of some level: such an instance always holds at least its centre cell. So a
+    training pipeline can drop empty images before it knows the size of their batch.
+
+    Args:
+      masks: uint8 [N, H, W]; is_crowd: bool [N].
+    """
+    n_max = int(config.max_instances)
+    masks = tf.cast(masks[:n_max], tf.int32)
+    stats = _instance_stats(tf.reduce_sum(masks, axis=2), tf.reduce_sum(masks, axis=1))
+    used = tf.logical_and(tf.logical_not(tf.cast(is_crowd[:n_max], tf.bool)), stats["area"] > 0)
+    box_area = tf.cast(stats["h"] * stats["w"], tf.float64)  # [N]
+    in_any = tf.zeros_like(used)
+    for low, high in config.scale_ranges:
+        in_any = in_any | _in_range(box_area, low, high)
+    return tf.reduce_any(used & in_any)
+
+
+def _in_range(box_area: tf.Tensor, low: float, high: float) -> tf.Tensor:
+    """bool [N]: low <= sqrt(box_area) <= high, exactly (squares of float64 [N] areas)."""
+    return (box_area >= float(low) ** 2) & (box_area <= float(high) ** 2)
+
+
+def _static_or_tensor(value):
+    """A Python int when ``value`` is known statically, else an int64 scalar tensor."""
+    static = tf.get_static_value(value)
+    return int(static) if static is not None else tf.cast(value, tf.int64)
 
 
 def _conflict_priority(area: tf.Tensor, n_max: int, rule: str) -> tf.Tensor:
@@ -139,20 +175,21 @@ def _extent(occupied: tf.Tensor) -> tf.Tensor:
 
 
 def _center_region(
-    stats: dict[str, tf.Tensor], num_grid: int, height: int, width: int, epsilon: float
+    stats: dict[str, tf.Tensor], num_grid: int, height, width, epsilon: float
 ) -> tuple[tf.Tensor, ...]:
     """Inclusive (top, bottom, left, right) positive cells of each instance, int32 [N] each."""
     area = tf.maximum(stats["area"], 1)  # empty masks are filtered by the caller
     # Centre cell, exact: floor((sum / area) / H * S) == floor(sum * S / (area * H)).
     ci = tf.minimum(stats["sum_rows"] * num_grid // (area * height), num_grid - 1)
     cj = tf.minimum(stats["sum_cols"] * num_grid // (area * width), num_grid - 1)
+    height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
     cy = tf.cast(stats["sum_rows"], tf.float64) / tf.cast(area, tf.float64)
     cx = tf.cast(stats["sum_cols"], tf.float64) / tf.cast(area, tf.float64)
     half_h = epsilon * tf.cast(stats["h"], tf.float64) / 2.0
     half_w = epsilon * tf.cast(stats["w"], tf.float64) / 2.0
 
     def cell(coord, size):
-        return tf.cast(tf.floor(coord / float(size) * float(num_grid)), tf.int64)
+        return tf.cast(tf.floor(coord / size * float(num_grid)), tf.int64)
 
     top = tf.maximum(tf.maximum(cell(cy - half_h, height), 0), ci - 1)
     bottom = tf.minimum(tf.minimum(cell(cy + half_h, height), num_grid - 1), ci + 1)

@@ -1,14 +1,16 @@
 """Per-example augmentation: aspect-preserving resize, horizontal flip, padding.
 
-Shape letters: H0 W0 original image size, N instances, H W the fixed padded output size
-(``DataConfig.output_size``).
+Shape letters: H0 W0 original image size, N instances, h w the resized size, H W the padded
+size (``geometry.padded_size``: the next multiple of 32, or the fixed ``DataConfig.output_size``).
 
-* Resize (``scaled_size``): scale = min(short / min(H0, W0), max_long / max(H0, W0),
-  H / H0, W / W0); the scaled size is ``round((H0, W0) * scale)``. The image is resized
-  bilinearly by Model Garden's ``preprocess_ops.resize_and_crop_image`` and padded with 0 at
-  the bottom/right. Masks are resized with nearest neighbour (``tf.image.resize``, half-pixel
-  centres, as Model Garden's ``resize_and_crop_masks``), so they stay exactly 0/1; instances
-  whose mask becomes empty are dropped.
+* Resize (``scaled_size``): scale = min(short / min(H0, W0), max_long / max(H0, W0)); the
+  scaled size is ``round((H0, W0) * scale)``, with no other cap (mmdetection's ``Resize``
+  with ``keep_ratio=True``). The image is resized bilinearly by Model Garden's
+  ``preprocess_ops.resize_and_crop_image`` and padded at the bottom/right (``geometry``:
+  evaluation pads with the mean colour here, training once per batch). Masks are resized
+  with nearest neighbour (``tf.image.resize``, half-pixel centres, as Model Garden's
+  ``resize_and_crop_masks``), so they stay exactly 0/1; instances whose mask becomes empty
+  are dropped.
 * Flip: the original image and masks are flipped left-right together with probability
   ``flip_probability`` before the resize.
 * Randomness is stateless (``tf.random.stateless_*``) and keyed by a seed tensor int64 [2]
@@ -22,54 +24,50 @@ import tensorflow as tf
 from official.vision.ops import preprocess_ops
 
 from solo_tf.config import DataConfig
-from solo_tf.data import jitter
+from solo_tf.data import geometry, jitter
 
 
 def scaled_size(
-    image_size_hw: tf.Tensor,
-    short_side: tf.Tensor | int,
-    max_long_side: int,
-    output_size: tuple[int, int],
+    image_size_hw: tf.Tensor, short_side: tf.Tensor | int, max_long_side: int
 ) -> tf.Tensor:
-    """float32 [2]: the aspect-preserving resized (height, width) that fits every limit."""
+    """float32 [2]: the aspect-preserving resized (height, width): the short side brought to
+    ``short_side`` unless the long side would pass ``max_long_side``; at least 1 pixel."""
     size = tf.cast(image_size_hw, tf.float32)  # [2]
-    limits = tf.stack(
-        [
-            tf.cast(short_side, tf.float32) / tf.reduce_min(size),
-            float(max_long_side) / tf.reduce_max(size),
-            float(output_size[0]) / size[0],
-            float(output_size[1]) / size[1],
-        ]
+    scale = tf.minimum(
+        tf.cast(short_side, tf.float32) / tf.reduce_min(size),
+        float(max_long_side) / tf.reduce_max(size),
     )
-    scaled = tf.round(size * tf.reduce_min(limits))
-    return tf.clip_by_value(scaled, 1.0, tf.constant(output_size, tf.float32))
+    return tf.maximum(tf.round(size * scale), 1.0)
 
 
 def resize_and_pad(
     image: tf.Tensor,
     masks: tf.Tensor | None,
     size_hw: tf.Tensor,
-    output_size: tuple[int, int],
+    output_size,
+    colour=(0.0, 0.0, 0.0),
 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
-    """Resizes to ``size_hw`` and pads bottom/right to ``output_size``.
+    """Resizes to ``size_hw`` and pads bottom/right to ``output_size`` with ``colour``.
 
     Args:
       image: uint8 or float [H0, W0, 3].
-      masks: uint8 [N, H0, W0] or None.
+      masks: uint8 [N, H0, W0] or None (padded with 0).
       size_hw: float32 [2], integral values, at most ``output_size``.
-      output_size: (H, W).
+      output_size: (H, W), Python ints (a static shape) or int32 [2].
+      colour: RGB of the padding in [0, 255] (``geometry.pad_colour``: the mean colour).
 
     Returns:
       image float32 [H, W, 3], masks uint8 [N, H, W] (or None), and image_info float32 [4, 2]
       ``[[H0, W0], [scaled_h, scaled_w], [y_scale, x_scale], [0, 0]]``.
     """
-    padded, image_info = preprocess_ops.resize_and_crop_image(
+    resized, image_info = preprocess_ops.resize_and_crop_image(
         image,
         desired_size=size_hw,
-        padded_size=list(output_size),
+        padded_size=None,
         keep_aspect_ratio=False,  # size_hw already keeps it; reuse it as is
     )
-    padded = tf.ensure_shape(tf.cast(padded, tf.float32), [*output_size, 3])
+    padded = geometry.pad_image(tf.cast(resized, tf.float32), output_size, colour)
+    padded = tf.ensure_shape(padded, [*_static(output_size), 3])
     if masks is None:
         return padded, None, image_info
     return padded, pad_masks(resize_masks(masks, size_hw), output_size), image_info
@@ -86,11 +84,19 @@ def resize_masks(masks: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:
     return tf.transpose(tf.cast(resized, tf.uint8), [2, 0, 1])[1:]
 
 
-def pad_masks(masks: tf.Tensor, output_size: tuple[int, int]) -> tf.Tensor:
-    """Pads uint8 [N, h, w] masks with 0 at the bottom/right to [N, H, W]."""
-    shape = tf.shape(masks)
-    padded = tf.pad(masks, [[0, 0], [0, output_size[0] - shape[1]], [0, output_size[1] - shape[2]]])
-    return tf.ensure_shape(padded, [None, *output_size])
+def pad_masks(masks: tf.Tensor, output_size) -> tf.Tensor:
+    """Pads uint8 [N, h, w] masks with 0 at the bottom/right to [N, H, W] (``output_size``:
+    Python ints or int32 [2])."""
+    extra = tf.maximum(tf.cast(output_size, tf.int32) - tf.shape(masks)[1:], 0)  # see pad_image
+    padded = tf.pad(masks, [[0, 0], [0, extra[0]], [0, extra[1]]])
+    return tf.ensure_shape(padded, [None, *_static(output_size)])
+
+
+def _static(output_size) -> list[int | None]:
+    """The static (H, W) of ``output_size`` (ints, or a tensor of known value such as the
+    canvas of ``geometry.padded_size``), else [None, None]."""
+    value = tf.get_static_value(output_size)
+    return [None, None] if value is None else [int(v) for v in value]
 
 
 def flip_left_right(image: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -146,14 +152,15 @@ def augment_for_training(
         image = jitter.random_photometric(image, config.photometric_jitter, colour_seed)
     do_flip = tf.random.stateless_uniform([], flip_seed) < config.flip_probability
     image, masks = tf.cond(do_flip, lambda: flip_left_right(image, masks), lambda: (image, masks))
-    size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side, config.output_size)
+    size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side)
     if config.scale_jitter:
         image, masks, image_info = _scale_jittered(
             image, masks, size, config, scale_seed, crop_seed
         )
     else:
-        image, _, image_info = resize_and_pad(image, None, size, config.output_size)
-        masks = pad_masks(resize_masks(masks, size), config.output_size)  # [N, H, W]
+        padded = geometry.padded_size(size, config)  # the batch fills the padding's colour
+        image, _, image_info = resize_and_pad(image, None, size, padded)
+        masks = pad_masks(resize_masks(masks, size), padded)  # [N, H, W]
     keep = tf.reduce_max(masks, axis=[1, 2]) > 0  # [N]
     return {
         "image": image,
@@ -165,18 +172,22 @@ def augment_for_training(
     }
 
 
-def preprocess_for_eval(example: dict[str, tf.Tensor], config: DataConfig) -> dict[str, tf.Tensor]:
-    """Model inputs of one decoded example: resize with ``eval_short_side``, pad; no flip.
+def preprocess_for_eval(
+    example: dict[str, tf.Tensor], config: DataConfig, colour=geometry.IMAGENET_MEAN
+) -> dict[str, tf.Tensor]:
+    """Model inputs of one decoded example: resize with ``eval_short_side``, pad with
+    ``colour`` (``geometry.pad_colour`` of the model) to ``geometry.padded_size``; no flip.
 
-    Returns ``image`` float32 [H, W, 3], ``image_info`` float32 [4, 2], ``image_id`` int64 [].
+    Returns ``image`` float32 [H, W, 3] (H, W static for ``pad_mode="canvas"``),
+    ``image_info`` float32 [4, 2], ``image_id`` int64 [].
     """
     image = example["image"]
-    size = scaled_size(
-        tf.shape(image)[:2], config.eval_short_side, config.max_long_side, config.output_size
+    size = scaled_size(tf.shape(image)[:2], config.eval_short_side, config.max_long_side)
+    image, _, image_info = resize_and_pad(
+        image, None, size, geometry.padded_size(size, config), colour
     )
-    image, _, image_info = resize_and_pad(image, None, size, config.output_size)
     return {
-        "image": image,
+        "image": tf.ensure_shape(image, [*geometry.static_size(config), 3]),
         "image_info": image_info,
         "image_id": tf.cast(example["image_id"], tf.int64),
     }

@@ -15,7 +15,7 @@ import random
 import tensorflow as tf
 
 from solo_tf import config as cfg
-from solo_tf.data import coco, pipeline, tfrecord
+from solo_tf.data import coco, geometry, pipeline, tfrecord
 from solo_tf.data.label_map import LabelMap
 
 
@@ -168,14 +168,17 @@ def train_dataset(
     shuffle: bool = True,
     repeat: bool = True,
     drop_remainder: bool = True,
+    colour=geometry.IMAGENET_MEAN,
 ) -> tf.data.Dataset:
     """The one training pipeline: batched inputs and targets (``pipeline`` module doc).
 
     Shuffles (``data.shuffle_buffer``, seeded), repeats, shards by ``input_context``, skips
     ``skip_elements`` of this pipeline's stream (resume), decodes, augments and builds
-    targets (``pipeline.make_train_map_fn``), drops bad samples under
-    ``data.bad_sample_policy="skip"`` and images without positives under ``skip_empty``.
-    ``seed``: the shuffle and augmentation seed (default ``base_seed(data)``).
+    (``pipeline.make_train_map_fn``), drops bad samples under
+    ``data.bad_sample_policy="skip"`` and images without positives under ``skip_empty``,
+    then batches and builds targets (``pipeline.batch_for_training``; padding: ``colour``,
+    ``geometry.pad_colour`` of the model). ``seed``: the shuffle and augmentation seed
+    (default ``base_seed(data)``).
     """
     seed = base_seed(data) if seed is None else seed
     parallel = tf.data.AUTOTUNE if data.parallel_calls < 0 else data.parallel_calls
@@ -195,8 +198,10 @@ def train_dataset(
         # (every image missing then spins forever).
         dataset = dataset.ignore_errors(log_warning=True)
     if data.skip_empty:
-        dataset = dataset.filter(pipeline.has_positives)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.filter(lambda element: pipeline.has_positives(element, targets))
+    dataset = pipeline.batch_for_training(
+        dataset, data, targets, batch_size, colour, drop_remainder=drop_remainder
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -216,17 +221,27 @@ def train_input_fn(config: cfg.SOLOConfig, source: Source, start_step: int = 0):
             input_context=ctx,
             skip_elements=start_step * per_pipeline,
             seed=seed,
+            colour=geometry.pad_colour(config.model.input_normalization),
         )
 
     return input_fn
 
 
-def eval_dataset(config: cfg.SOLOConfig, source: Source, batch_size: int) -> tf.data.Dataset:
-    """Validation images in dataset order, resized for evaluation and batched."""
+def eval_dataset(
+    config: cfg.SOLOConfig, source: Source, batch_size: int, max_images: int = 0
+) -> tf.data.Dataset:
+    """The first ``max_images`` validation images (0: all), resized for evaluation, padded
+    with the model's mean colour and batched (``pipeline.build_eval_dataset``)."""
     data = config.data
     parallel = tf.data.AUTOTUNE if data.parallel_calls < 0 else data.parallel_calls
     if source.reader is not None:
         # JSON: bad images come back invalid, bounded by max_skip_fraction through a graph
         # assertion that the skip policy's ignore_errors would swallow.
         data = dataclasses.replace(data, bad_sample_policy="error")
-    return pipeline.build_eval_dataset(source.eval_examples(parallel), data, batch_size)
+    return pipeline.build_eval_dataset(
+        source.eval_examples(parallel),
+        data,
+        batch_size,
+        colour=geometry.pad_colour(config.model.input_normalization),
+        max_images=max_images,
+    )

@@ -23,22 +23,23 @@ TINY = DataConfig(
 
 
 @pytest.mark.parametrize(
-    "size, short, long, output, expected",
+    "size, short, long, expected",
     [
         # 640 / 300 = 2.133: 500 * 2.133 = 1066.7 -> 1067.
-        ((300, 500), 640, 1333, (1344, 1344), (640, 1067)),
-        ((500, 300), 640, 1333, (1344, 1344), (1067, 640)),
+        ((300, 500), 640, 1333, (640, 1067)),
+        ((500, 300), 640, 1333, (1067, 640)),
         # Short side would give 6400 px: the long-side cap 1333 / 1000 wins -> 133.3 -> 133.
-        ((100, 1000), 640, 1333, (1344, 1344), (133, 1333)),
-        # 800 / 500 -> 1600 x 800, long cap -> 1333 x 667, output height 800 / 1000 wins.
-        ((1000, 500), 800, 1333, (800, 1344), (800, 400)),
-        ((480, 640), 800, 1333, (1344, 1344), (800, 1067)),
-        ((480, 640), 384, 512, (512, 512), (384, 512)),
-        ((256, 256), 448, 512, (512, 512), (448, 448)),
+        ((100, 1000), 640, 1333, (133, 1333)),
+        # 800 / 427 = 1.8735: 640 * 1.8735 = 1199.06 -> 1199; no cap but the long side's.
+        ((640, 427), 800, 1333, (1199, 800)),
+        ((427, 640), 800, 1333, (800, 1199)),
+        ((480, 640), 800, 1333, (800, 1067)),
+        ((480, 640), 384, 512, (384, 512)),
+        ((256, 256), 448, 512, (448, 448)),
     ],
 )
-def test_scaled_size_is_exact(size, short, long, output, expected):
-    got = scaled_size(tf.constant(size), short, long, output)
+def test_scaled_size_is_exact(size, short, long, expected):
+    got = scaled_size(tf.constant(size), short, long)
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
