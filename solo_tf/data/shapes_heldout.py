@@ -20,7 +20,7 @@ the shapes, not on the generator's style:
 The annotation rules are the training split's: one aliased mask per shape is both what is
 painted and what updates the instance-id map, and an annotation is an instance's visible
 pixels (a hollow outline's annotation is its stroke), kept when at least
-``shapes.MIN_VISIBLE_AREA`` pixels.
+``shapes_render.MIN_VISIBLE_AREA`` pixels.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from solo_tf.data import shapes
+from solo_tf.data import shapes_render
 
 HELDOUT_BACKGROUNDS = ("checker", "duotone", "collage")
 HELDOUT_DISTRACTORS = ("arrow", "crescent", "scribble", "glyphs")
 # All distractor kinds of this split and how often each is drawn: new kinds more often.
-DISTRACTOR_KINDS = shapes.DISTRACTORS + HELDOUT_DISTRACTORS
-DISTRACTOR_KIND_PROBS = (0.1,) * len(shapes.DISTRACTORS) + (0.15,) * len(HELDOUT_DISTRACTORS)
+DISTRACTOR_KINDS = shapes_render.DISTRACTORS + HELDOUT_DISTRACTORS
+DISTRACTOR_KIND_PROBS = (0.1,) * len(shapes_render.DISTRACTORS) + (0.15,) * len(HELDOUT_DISTRACTORS)
 FILLS = ("shaded", "gradient", "stripes", "stroke")
 FILL_PROBS = (0.25, 0.25, 0.2, 0.3)  # "stroke" falls back to "gradient" where not allowed
-MIN_VISIBLE_FRACTION = 0.2  # shapes.MIN_VISIBLE_FRACTION is 0.35
+MIN_VISIBLE_FRACTION = 0.2  # shapes_render.MIN_VISIBLE_FRACTION is 0.35
 MIN_OBJECTS, MAX_OBJECTS = 2, 14
 DISTRACTOR_PROBABILITY = 0.6
 MIN_STROKE_AREA = 2000.0  # nominal pixels; smaller objects are never hollow
@@ -48,7 +48,7 @@ MIN_STROKE_PIXELS = 3.5  # thinnest stroke of a hollow outline
 
 
 @dataclasses.dataclass
-class HeldoutImage(shapes.RenderedImage):
+class HeldoutImage(shapes_render.RenderedImage):
     """A held-out style image: a RenderedImage plus the families it was drawn with."""
 
     background: str  # one of HELDOUT_BACKGROUNDS
@@ -97,7 +97,7 @@ def _duotone(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A strong gradient between two distant colours, linear or radial, full image."""
     first = rng.uniform(0, 255, size=3)
     second = _far_colour(rng, first, 150, 250)
-    y, x = shapes._coords(h, w)
+    y, x = shapes_render._coords(h, w)
     if rng.random() < 0.5:
         angle = rng.uniform(0, 2 * math.pi)
         ramp = math.cos(angle) * x + math.sin(angle) * y  # [H, W]
@@ -117,13 +117,13 @@ def _collage(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(int(rng.integers(10, 25))):
         radius = rng.uniform(0.05, 0.35) * side
         if rng.random() < 0.5:
-            unit = shapes._regular(24, 1.0) * np.array([1.0, rng.uniform(0.3, 1.0)])
+            unit = shapes_render._regular(24, 1.0) * np.array([1.0, rng.uniform(0.3, 1.0)])
         else:
             angles = np.sort(rng.uniform(0, 2 * math.pi, size=int(rng.integers(5, 10))))
             unit = rng.uniform(0.4, 1.0, size=(len(angles), 1)) * np.stack(
                 [np.cos(angles), np.sin(angles)], axis=1
             )
-        points = shapes._rotate(unit * radius, rng.uniform(0, math.pi))
+        points = shapes_render._rotate(unit * radius, rng.uniform(0, math.pi))
         points = points + rng.uniform((0, 0), (w, h))
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         draw.polygon([(float(px), float(py)) for px, py in points], fill=colour)
@@ -175,7 +175,7 @@ def _circle(rng: np.random.Generator) -> np.ndarray:
             radius += rng.uniform(0, 0.03) * np.cos(k * angles + rng.uniform(0, 2 * math.pi))
         circle = radius[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     else:  # low-poly
-        circle = shapes._regular(int(rng.integers(16, 25)), 1.0, start=rng.uniform(0, 1))
+        circle = shapes_render._regular(int(rng.integers(16, 25)), 1.0, start=rng.uniform(0, 1))
     return circle * np.array([1.0, rng.uniform(0.85, 1.0)])
 
 
@@ -197,8 +197,8 @@ def _triangle(rng: np.random.Generator) -> np.ndarray:
 
 def _star(rng: np.random.Generator) -> np.ndarray:
     points = int(rng.choice([5, 6, 7], p=[0.5, 0.3, 0.2]))
-    outer = shapes._regular(points, 1.0)
-    inner = shapes._regular(points, rng.uniform(0.35, 0.55), start=math.pi / points)
+    outer = shapes_render._regular(points, 1.0)
+    inner = shapes_render._regular(points, rng.uniform(0.35, 0.55), start=math.pi / points)
     star = np.stack([outer, inner], axis=1).reshape(-1, 2)
     star *= rng.uniform(0.92, 1.08, size=(len(star), 1))
     star *= np.array([1.0, rng.uniform(0.8, 1.0)])
@@ -253,7 +253,7 @@ def _scribble(rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
         along = (end - start) / max(np.linalg.norm(end - start), 1e-6)
         side = np.array([-along[1], along[0]]) * half
         parts.append((np.stack([start + side, end + side, end - side, start - side]), 1))
-    parts += [(shapes._regular(8, half) + point, 1) for point in path[1:-1]]
+    parts += [(shapes_render._regular(8, half) + point, 1) for point in path[1:-1]]
     return parts
 
 
@@ -288,14 +288,14 @@ def distractor_parts(rng: np.random.Generator, kind: str) -> list[tuple[np.ndarr
     """Unit-sized (vertices, fill) parts of one distractor of DISTRACTOR_KINDS."""
     if kind in _NEW_DISTRACTORS:
         return _NEW_DISTRACTORS[kind](rng)
-    return shapes._distractor_parts(rng, kind)
+    return shapes_render._distractor_parts(rng, kind)
 
 
 # ----------------------------------------------------------------------------------------
 # Fills and the image
 
 
-class _HeldoutCanvas(shapes._Canvas):
+class _HeldoutCanvas(shapes_render._Canvas):
     """The training canvas with heavier occlusion, more fills, and each instance's fill."""
 
     def __init__(self, background: np.ndarray, family: str):
@@ -309,7 +309,7 @@ class _HeldoutCanvas(shapes._Canvas):
         under = self.image[window][mask].mean(axis=0)
         for _ in range(20):
             colour = _far_colour(rng, first, 50, 110)
-            if np.linalg.norm(colour - under) >= 0.8 * shapes.MIN_BACKGROUND_DISTANCE:
+            if np.linalg.norm(colour - under) >= 0.8 * shapes_render.MIN_BACKGROUND_DISTANCE:
                 return colour
         return first
 
@@ -344,8 +344,8 @@ class _HeldoutCanvas(shapes._Canvas):
 
 def _scaled_outline(rng: np.random.Generator, unit: np.ndarray, area: float, fill: str):
     """(parts, in-image area) of an outline scaled to cover `area`, hollow for "stroke"."""
-    scale = math.sqrt(area / shapes._polygon_area(unit))
-    vertices = shapes._rotate(unit * scale, rng.uniform(0, 2 * math.pi))
+    scale = math.sqrt(area / shapes_render._polygon_area(unit))
+    vertices = shapes_render._rotate(unit * scale, rng.uniform(0, 2 * math.pi))
     if fill != "stroke":
         return [(vertices, 1)], area
     # Shrinking towards the centroid leaves a stroke about `thickness` of the radius wide.
@@ -356,17 +356,19 @@ def _scaled_outline(rng: np.random.Generator, unit: np.ndarray, area: float, fil
 def _random_heldout_shape(rng: np.random.Generator, item: int, h: int, w: int):
     """(parts, area, category id or 0, fill) of item: a category index, or -1 - distractor."""
     if item >= 0:
-        name = shapes.CATEGORIES[item]["name"]
+        name = shapes_render.CATEGORIES[item]["name"]
         unit = heldout_outline(rng, name)
-        area = shapes._object_area(rng, h, w)
+        area = shapes_render._object_area(rng, h, w)
         fill = str(rng.choice(FILLS, p=FILL_PROBS))
         if fill == "stroke" and (name == "circle" or area < MIN_STROKE_AREA):
             fill = "gradient"
-        return *_scaled_outline(rng, unit, area, fill), shapes.CATEGORIES[item]["id"], fill
+        return *_scaled_outline(rng, unit, area, fill), shapes_render.CATEGORIES[item]["id"], fill
     unit = distractor_parts(rng, DISTRACTOR_KINDS[-1 - item])
-    area = shapes._log_uniform(rng, 300.0, min(15000.0, shapes.MAX_OBJECT_FRACTION * h * w))
+    area = shapes_render._log_uniform(
+        rng, 300.0, min(15000.0, shapes_render.MAX_OBJECT_FRACTION * h * w)
+    )
     fill = FILLS[int(rng.integers(3))]  # never hollow
-    return *shapes._scaled_parts(rng, unit, area), 0, fill
+    return *shapes_render._scaled_parts(rng, unit, area), 0, fill
 
 
 def render_heldout_image(
@@ -381,7 +383,7 @@ def render_heldout_image(
         family, background = heldout_background(rng, h, w)
         canvas = _HeldoutCanvas(background, family)
         count = rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)
-        items = list(rng.integers(0, len(shapes.CATEGORIES), size=count))
+        items = list(rng.integers(0, len(shapes_render.CATEGORIES), size=count))
         if rng.random() < DISTRACTOR_PROBABILITY:
             kinds = rng.choice(
                 len(DISTRACTOR_KINDS), size=rng.integers(1, 5), p=DISTRACTOR_KIND_PROBS

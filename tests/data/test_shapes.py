@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from solo_tf.data import shapes, shapes_heldout
+from solo_tf.data import shapes, shapes_heldout, shapes_render
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED_CATEGORIES = [
@@ -293,14 +293,14 @@ def test_heldout_distractors_hand_worked():
     # Between the unit half circle and a half ellipse of x-radius k: area (1 - k) * pi / 2.
     k = vertices[outer_points:, 0].max()
     assert fill == 1 and 0.2 <= k <= 0.6
-    area = shapes._polygon_area(vertices)
+    area = shapes_render._polygon_area(vertices)
     assert area == pytest.approx((1 - k) * math.pi / 2, rel=0.01)
     arrow = shapes_heldout.distractor_parts(np.random.default_rng(0), "arrow")[0][0]
     assert arrow.shape == (7, 2) and arrow[:, 0].max() == 1.0 and arrow[:, 0].min() == -1.0
     for kind in shapes_heldout.DISTRACTOR_KINDS:
         parts = shapes_heldout.distractor_parts(np.random.default_rng(1), kind)
-        scaled, area = shapes._scaled_parts(np.random.default_rng(2), parts, 2000.0)
-        drawn = shapes._rasterize([(v + 100, fill) for v, fill in scaled], 200, 200)
+        scaled, area = shapes_render._scaled_parts(np.random.default_rng(2), parts, 2000.0)
+        drawn = shapes_render._rasterize([(v + 100, fill) for v, fill in scaled], 200, 200)
         assert drawn is not None and 0.5 * area < drawn[2].sum() < 1.5 * area, kind
 
 
@@ -308,7 +308,7 @@ def test_hollow_outline_is_a_stroke():
     unit = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
     parts, area = shapes_heldout._scaled_outline(np.random.default_rng(0), unit, 3600.0, "stroke")
     assert [fill for _, fill in parts] == [1, 0]
-    y0, x0, mask = shapes._rasterize([(v + 100, fill) for v, fill in parts], 200, 200)
+    y0, x0, mask = shapes_render._rasterize([(v + 100, fill) for v, fill in parts], 200, 200)
     assert not mask[100 - y0, 100 - x0]  # the centre is hollow
     assert mask.sum() == pytest.approx(area, rel=0.1) and area < 0.6 * 3600
     solid, solid_area = shapes_heldout._scaled_outline(np.random.default_rng(0), unit, 3600, "x")
@@ -322,7 +322,7 @@ def test_heldout_outlines_are_centred():
             vertices = shapes_heldout.heldout_outline(rng, category["name"])
             centroid = shapes_heldout._polygon_centroid(vertices)
             np.testing.assert_allclose(centroid, [0.0, 0.0], atol=1e-9)
-            assert shapes._polygon_area(vertices) > 0.3
+            assert shapes_render._polygon_area(vertices) > 0.3
 
 
 def test_heldout_style_statistics(heldout_rendered):
