@@ -28,8 +28,8 @@ BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (docs/benchmarks.md, "The demo"): training
 # images per second per GFLOP/s of matmul peak in the training precision, and the other stages'
 # (generate, evaluate twice, export, predict) seconds times GFLOP/s.
-IMAGES_PER_S_PER_GFLOPS = 0.027
-OTHER_STAGES_GFLOP = 46000.0
+IMAGES_PER_S_PER_GFLOPS = 0.018  # 13.9 img/s at 925 (AMX), 7.5 at 409 (AVX-512), 1.9 at 96
+OTHER_STAGES_GFLOP = 50000.0  # ~400 s at 103 GFLOP/s (AVX2, 2026-11-30, 320 x 320 variant)
 # oneDNN's kernels: on by default only on CPUs with AVX-512; on an AVX2-only CPU they make the
 # demo's training step 1.27x faster (1.9 against 1.5 images/s, docs/benchmarks.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
