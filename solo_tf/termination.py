@@ -43,7 +43,8 @@ class _State:
     """What the handler (main thread) and the watcher thread share."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # Reentrant: the main thread's handler may interrupt the main thread inside it.
+        self.lock = threading.RLock()
         self.installed = False
         self.grace_s = DEFAULT_GRACE_S
         self.sigterm = threading.Event()  # a SIGTERM arrived
@@ -136,13 +137,13 @@ def _arrived(signum: int) -> None:
 
 
 def _exit_now(reason: str) -> None:
+    """Writes the line straight to fd 2 (another thread may hold sys.stderr's lock) and ends
+    the process."""
     name = os.path.basename(sys.argv[0]) or "solo_tf"
     signum = _state.signum or signal.SIGTERM
-    message = f"{name}: stopped by {signal.Signals(signum).name}: {reason}"
+    message = f"{name}: stopped by {signal.Signals(signum).name}: {reason}\n"
     try:
-        sys.stdout.flush()
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+        os.write(2, message.encode(errors="replace"))
     finally:
         os._exit(EXIT_CODES[signum])
 

@@ -161,5 +161,11 @@ def run_and_signal(
         time.sleep(0.5)
     sent = time.perf_counter()
     running.process.send_signal(signum)
-    result = running.wait()
+    try:
+        result = running.wait()
+    except AssertionError as hang:
+        raise AssertionError(
+            f"{signal.Signals(signum).name} sent {sent - running.start:.0f} s after the start, "
+            f"no exit in the {time.perf_counter() - sent:.0f} s after it\n{hang}"
+        ) from None
     return result, time.perf_counter() - sent

@@ -19,8 +19,9 @@ from tests.faults import runner
 from tests.faults.conftest import train_command
 
 GRACE_S = 5
-# A loaded 2-core machine can take seconds to schedule the watcher and tear the process down.
-SLACK_S = 15
+# A loaded 2-core machine (tests run under nice 19 next to a training run) can take many
+# seconds to schedule the watcher and tear the process down.
+SLACK_S = 30
 
 # A command of entry_point.run whose main thread blocks in TensorFlow (or in Python) for ever.
 BLOCKED = """
@@ -59,7 +60,6 @@ def test_sigterm_ends_blocked_command(table, state):
         runner.python_code(BLOCKED, STATES[state]),
         _printed("blocking"),
         env={"SOLO_STOP_GRACE_S": str(GRACE_S)},
-        timeout=180,
     )
     assert result.returncode == 143, result.explain()
     lines = [line for line in result.stderr.splitlines() if "stopped by SIGTERM" in line]
