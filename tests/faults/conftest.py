@@ -245,7 +245,9 @@ class Table:
             "with a timeout; repeats of one case run concurrently (wall time: seconds per run, on "
             "a shared 2-core machine). A partial rerun replaces its own rows. "
             "`serve_image_bytes` rows: a probe script calls the signature and exits 0; the "
-            "message is the InvalidArgumentError it caught.\n\n"
+            "message is the InvalidArgumentError it caught. SIGTERM rows: the signal is sent "
+            "once the process is in the state named (tests/faults/test_signal_faults.py); the "
+            "message says how long after it the process exited.\n\n"
             "| fault | policy | command | exit code | wall time (s) | message |\n"
             "|---|---|---|---|---|---|\n"
         )
