@@ -103,15 +103,24 @@ def fill_padding(images: tf.Tensor, image_info: tf.Tensor, colour) -> tf.Tensor:
     return tf.where(inside, images, tf.constant(colour, tf.float32))
 
 
-def group_by_padded_size(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+def group_by_padded_size(
+    dataset: tf.data.Dataset, batch_size: int, lookahead: int = 4
+) -> tf.data.Dataset:
     """Batches of up to ``batch_size`` elements (dicts with ``image`` [H, W, 3]) of one
-    padded size each, so no image is padded beyond its own size; order within a size is
-    kept, across sizes it follows when each batch fills up (the last ones are partial)."""
+    padded size each, so no image is padded beyond its own size.
+
+    Images are grouped within runs of ``lookahead * batch_size`` consecutive elements, which
+    bounds the images held back (COCO has dozens of padded sizes, some rare); each run ends
+    with its partial batches. Order follows when each batch fills up.
+    """
 
     def key(element):
         shape = tf.cast(tf.shape(element["image"]), tf.int64)
         return shape[0] * 100_000 + shape[1]
 
-    return dataset.group_by_window(
-        key, lambda _, window: window.batch(batch_size), window_size=batch_size
-    )
+    def grouped(window):
+        return tf.data.Dataset.zip(window).group_by_window(
+            key, lambda _, same: same.batch(batch_size), window_size=batch_size
+        )
+
+    return dataset.window(lookahead * batch_size).flat_map(grouped)

@@ -171,6 +171,20 @@ def test_eval_batches_hold_one_padded_size_each():
     assert sorted(int(i) for b in first for i in b["image_id"]) == [0, 1, 2]
 
 
+def test_grouping_looks_ahead_a_bounded_run_of_images():
+    heights = [32, 64, 32, 64, 32, 32]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: (
+            {"image": np.zeros([h, 32, 3], np.float32), "id": k} for k, h in enumerate(heights)
+        ),
+        output_signature={"image": tf.TensorSpec([None, 32, 3]), "id": tf.TensorSpec([], tf.int32)},
+    )
+    ids = [b["id"].tolist() for b in take(geometry.group_by_padded_size(dataset, 2, 1), 10)]
+    assert ids == [[0], [1], [2], [3], [4, 5]]  # runs of 2: only the last holds one size
+    ids = [b["id"].tolist() for b in take(geometry.group_by_padded_size(dataset, 2, 3), 10)]
+    assert ids == [[0, 2], [1, 3], [4, 5]]  # each batch as soon as it is full
+
+
 def test_fixed_shape_options_refuse_the_multiple_geometry():
     for train in (cfg.TrainConfig(jit_compile=True), cfg.TrainConfig(strategy="tpu")):
         with pytest.raises(ValueError, match="--pad_mode=canvas"):
