@@ -16,6 +16,7 @@ recognised from its parameter names:
 | ``wxinlong_decoupled_light`` | ``DECOUPLED_SOLO_LIGHT_R50_3x.pth`` ... | decoupled, shared tower |
 | ``wxinlong_solov2`` | ``SOLOv2_R50_3x.pth``, ``SOLOv2_LIGHT_448_R50_3x.pth`` ... | solov2 |
 | ``mmdet_{solo,decoupled,decoupled_light,solov2}`` | mmdetection 2.x / 3.x | as above |
+| ``adelaidet_solov2`` | aim-uofa/AdelaiDet ``SOLOv2_R50_3x.pth`` (detectron2) | solov2 |
 
 and must agree with the flagfile's model (``head_type``, ``decoupled_shared_tower``,
 ``backbone_type=torchvision``); the shapes then check depth, widths, grids and classes.
@@ -29,6 +30,9 @@ layer of the same name with "." as "_" (``solo_tf.modeling.resnet.torch_variable
 ``gn_{i}`` of the matching ``ConvGNTower``; the per-level mask convs and the category conv
 by index. Conv weights [out, in, kh, kw] become [kh, kw, in, out]; GroupNorm and BatchNorm
 weight / bias are gamma / beta, BatchNorm running_mean / running_var the moving statistics.
+AdelaiDet's detectron2 names are WXinlong's SOLOv2 names renamed, and its input
+normalisation folded into the stem conv (``solo_tf.detectron2_names``; its MSRA-style
+``STRIDE_IN_1X1=True`` ResNets are refused: solo-tf's ResNet strides the 3x3 conv).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import os
 from absl import app, flags, logging
 
 from solo_tf import config as cfg
-from solo_tf import entry_point, torch_checkpoint, torch_weights
+from solo_tf import detectron2_names, entry_point, torch_checkpoint, torch_weights
 from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
 from solo_tf.data.label_map import LabelMap
@@ -61,6 +65,8 @@ class Layout:
     convs: dict  # torch name of a single conv -> Keras attribute (category, kernel)
     # SOLOv2: (torch prefix of the mask feature branch, torch name of its last ConvModule).
     mask_feature: tuple = ()
+    # AdelaiDet (detectron2): the wxinlong_solov2 names renamed by solo_tf.detectron2_names.
+    detectron2: bool = False
 
 
 WX, MM = "bbox_head.", "mask_head."
@@ -133,6 +139,15 @@ LAYOUTS = {
         {"conv_cls": "cate_conv", "conv_kernel": "kernel_conv"},
         ("mask_head.mask_feature_head.", "conv_pred"),
     ),
+    "adelaidet_solov2": Layout(
+        "ins_head.",
+        "solov2",
+        False,
+        {"kernel_tower": "kernel_tower", "cate_tower": "cate_tower"},
+        {},
+        {"cate_pred": "cate_conv", "kernel_pred": "kernel_conv"},
+        detectron2=True,
+    ),
 }
 
 
@@ -149,8 +164,9 @@ def detect_layout(state: dict, source: str = "checkpoint") -> str:
     if len(matches) != 1:
         heads = sorted({".".join(n.split(".")[:2]) for n in names if "_head." in n})
         raise ValueError(
-            f"{source}: not a SOLO / Decoupled SOLO / Decoupled SOLO Light / SOLOv2 checkpoint "
-            f"of a known layout (head modules: {heads[:12]}); matches {matches}"
+            f"{source}: not a SOLO / Decoupled SOLO / Decoupled SOLO Light / SOLOv2 (WXinlong, "
+            f"mmdetection, AdelaiDet) checkpoint of a known layout (head modules: "
+            f"{heads[:12]}); matches {matches}"
         )
     return matches[0]
 
@@ -223,6 +239,9 @@ def fpn_variables(fpn, prefix: str = "neck.") -> dict:
 
 def model_variables(model, layout: Layout, config: cfg.ModelConfig) -> dict:
     """{torch name: Keras variable} of a whole SOLOModel in ``layout``'s names."""
+    if layout.detectron2:
+        variables = model_variables(model, LAYOUTS["wxinlong_solov2"], config)
+        return {detectron2_names.adelaidet_name(k): v for k, v in variables.items()}
     return {
         **resnet.torch_variables(model.backbone, "backbone."),
         **fpn_variables(model.fpn),
@@ -238,6 +257,8 @@ def check_config(layout_name: str, config: cfg.ModelConfig, source: str) -> None
         "head_type": layout.head_type,
         "decoupled_shared_tower": layout.shared_tower if layout.head_type == "decoupled" else False,
     }
+    if layout.detectron2:  # the stem fold maps onto ImageNet mean / std normalisation
+        wanted["input_normalization"] = "imagenet"
     wrong = [f"--{key}={value}" for key, value in wanted.items() if getattr(config, key) != value]
     if wrong:
         raise ValueError(
@@ -247,9 +268,17 @@ def check_config(layout_name: str, config: cfg.ModelConfig, source: str) -> None
 
 
 def convert_checkpoint(
-    checkpoint: str, config: cfg.SOLOConfig, label_map: LabelMap, model_dir: str
+    checkpoint: str,
+    config: cfg.SOLOConfig,
+    label_map: LabelMap,
+    model_dir: str,
+    detectron2: detectron2_names.Detectron2Options = detectron2_names.Detectron2Options(),
 ) -> str:
-    """Writes ``model_dir`` from a SOLO checkpoint; returns the checkpoint prefix written."""
+    """Writes ``model_dir`` from a SOLO checkpoint; returns the checkpoint prefix written.
+
+    ``detectron2``: the config values of an AdelaiDet checkpoint that its tensors do not
+    show (detectron2's defaults unless given).
+    """
     if label_map.num_classes != config.model.num_classes:
         raise ValueError(
             f"the label map has {label_map.num_classes} categories, the model "
@@ -260,6 +289,9 @@ def convert_checkpoint(
     state = torch_checkpoint.load_state_dict(checkpoint)
     layout_name = detect_layout(state, checkpoint)
     check_config(layout_name, config.model, checkpoint)
+    if LAYOUTS[layout_name].detectron2:
+        depth = config.model.backbone_depth
+        state = detectron2_names.prepare_state(state, depth, detectron2, checkpoint)
     model = factory.build_model(config.model)
     variables = model_variables(model, LAYOUTS[layout_name], config.model)
     torch_weights.assign_torch_weights(variables, state, checkpoint)
@@ -316,7 +348,12 @@ def main(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("give --model_dir (a new folder)")
     label_map = LabelMap.from_json(FLAGS.label_map) if FLAGS.label_map else coco_label_map()
-    path = convert_checkpoint(FLAGS.checkpoint, config, label_map, FLAGS.model_dir)
+    options = detectron2_names.Detectron2Options(
+        stride_in_1x1=FLAGS.detectron2_stride_in_1x1,
+        input_format=FLAGS.detectron2_input_format,
+        pixel_std=tuple(float(v) for v in FLAGS.detectron2_pixel_std),
+    )
+    path = convert_checkpoint(FLAGS.checkpoint, config, label_map, FLAGS.model_dir, options)
     logging.info("wrote %s", path)
     print(path)
 
@@ -332,6 +369,24 @@ def _flags():
         )
         flags.DEFINE_string(
             "label_map", "", "label_map.json of the classes; default: COCO's 80 (packaged)."
+        )
+        flags.DEFINE_bool(
+            "detectron2_stride_in_1x1",
+            True,
+            "AdelaiDet checkpoints: MODEL.RESNETS.STRIDE_IN_1X1 of their training config "
+            "(True, detectron2's default, is not convertible).",
+        )
+        flags.DEFINE_enum(
+            "detectron2_input_format",
+            "BGR",
+            list(detectron2_names.INPUT_FORMATS),
+            "AdelaiDet checkpoints: INPUT.FORMAT of their training config.",
+        )
+        flags.DEFINE_list(
+            "detectron2_pixel_std",
+            ["1", "1", "1"],
+            "AdelaiDet checkpoints: MODEL.PIXEL_STD (in INPUT.FORMAT's order); MODEL.PIXEL_MEAN "
+            "must be ImageNet's (detectron2's default).",
         )
     return flags.FLAGS
 

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 from solo_tf import config as cfg
-from solo_tf import convert, model_dir, postprocess, torch_checkpoint
+from solo_tf import convert, detectron2_names, model_dir, postprocess, torch_checkpoint
 from solo_tf.data.label_map import LabelMap
 from solo_tf.modeling import factory, resnet
+from solo_tf.modeling.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # The fixtures' model (the constants of scripts/make_torch_fixtures.py).
@@ -211,3 +212,119 @@ def test_mmdetection_solov2_names_convert_to_the_same_model():
     outputs = converted_model("mmdet_solov2", config, state)(arrays["image"])
     assert_close(outputs["mask_features"], arrays["mask_features"], "mmdet solov2")
     assert_close(outputs["kernel_preds_2"], arrays["kernel_preds_2"], "mmdet solov2")
+
+
+def adelaidet_state(state, options=detectron2_names.Detectron2Options()):
+    """The solov2 fixture's tensors under AdelaiDet's names, its stem conv for detectron2's
+    input (BGR, PIXEL_STD 1 by default); FrozenBatchNorm has no num_batches_tracked."""
+    out = {
+        detectron2_names.adelaidet_name(k): v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    stem = detectron2_names.STEM_CONV
+    out[stem] = detectron2_names.unfold_input_normalization(out[stem], options)
+    return out
+
+
+def test_adelaidet_names_are_detectron2s():
+    """Hand-written from AdelaiDet's solov2.py and detectron2's ResNet / FPN modules."""
+    name = detectron2_names.adelaidet_name
+    assert name("backbone.conv1.weight") == "backbone.bottom_up.stem.conv1.weight"
+    assert name("backbone.bn1.running_var") == "backbone.bottom_up.stem.conv1.norm.running_var"
+    assert name("backbone.layer3.5.bn2.bias") == "backbone.bottom_up.res4.5.conv2.norm.bias"
+    assert (
+        name("backbone.layer1.0.downsample.0.weight") == "backbone.bottom_up.res2.0.shortcut.weight"
+    )
+    assert (
+        name("backbone.layer4.0.downsample.1.running_mean")
+        == "backbone.bottom_up.res5.0.shortcut.norm.running_mean"
+    )
+    assert name("neck.lateral_convs.0.conv.bias") == "backbone.fpn_lateral2.bias"
+    assert name("neck.fpn_convs.3.conv.weight") == "backbone.fpn_output5.weight"
+    assert name("bbox_head.kernel_convs.0.conv.weight") == "ins_head.kernel_tower.0.weight"
+    assert name("bbox_head.cate_convs.3.conv.weight") == "ins_head.cate_tower.9.weight"
+    assert name("bbox_head.cate_convs.3.gn.bias") == "ins_head.cate_tower.10.bias"
+    assert name("bbox_head.solo_kernel.bias") == "ins_head.kernel_pred.bias"
+    assert name("bbox_head.solo_cate.weight") == "ins_head.cate_pred.weight"
+    assert (
+        name("mask_feat_head.convs_all_levels.3.conv2.gn.weight")
+        == "mask_head.convs_all_levels.3.conv2.1.weight"
+    )
+    assert name("mask_feat_head.conv_pred.0.conv.weight") == "mask_head.conv_pred.0.weight"
+    assert name("mask_feat_head.conv_pred.0.gn.bias") == "mask_head.conv_pred.1.bias"
+    with pytest.raises(ValueError, match="bbox_head.solo_ins_list.0.weight"):
+        name("bbox_head.solo_ins_list.0.weight")
+
+
+def test_stem_fold_computes_detectron2s_bgr_input():
+    """One output of the stem conv, by hand: detectron2's kernel on (BGR - mean) / PIXEL_STD
+    equals the folded kernel on solo-tf's (RGB - IMAGENET_MEAN) / IMAGENET_STD."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(2, 3, 7, 7)).astype(np.float32)
+    rgb = rng.uniform(0, 255, size=(3, 7, 7))
+    mean = np.asarray(IMAGENET_MEAN)[:, None, None]
+    solo_input = (rgb - mean) / np.asarray(IMAGENET_STD)[:, None, None]
+    for fmt, std in (
+        ("BGR", (1.0, 1.0, 1.0)),
+        ("BGR", (57.375, 57.12, 58.395)),
+        ("RGB", (2, 3, 4)),
+    ):
+        options = detectron2_names.Detectron2Options(input_format=fmt, pixel_std=std)
+        order = [2, 1, 0] if fmt == "BGR" else [0, 1, 2]
+        d2_input = (rgb[order] - mean[order]) / np.asarray(std)[:, None, None]
+        want = np.einsum("ochw,chw->o", weight.astype(np.float64), d2_input)
+        folded = detectron2_names.fold_input_normalization(weight, options)
+        got = np.einsum("ochw,chw->o", folded.astype(np.float64), solo_input)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        back = detectron2_names.unfold_input_normalization(folded, options)
+        np.testing.assert_allclose(back, weight, rtol=1e-6)
+
+
+def test_adelaidet_solov2_converts_to_the_same_model():
+    """AdelaiDet's graph is WXinlong's SOLOv2 up to names and the input normalisation, so
+    the fixture's torch outputs hold for its tensors renamed (STRIDE_IN_1X1=False: the
+    fixture's ResNet strides the 3x3 conv)."""
+    layout, config, state, arrays = load_case("solov2")
+    model = converted_model(layout, config, state)
+    want = {v.path: v.numpy() for v in model.weights}
+    adelaidet = adelaidet_state(state)
+    assert convert.detect_layout(adelaidet) == "adelaidet_solov2"
+    convert.check_config("adelaidet_solov2", config, "a.pth")
+    options = detectron2_names.Detectron2Options(stride_in_1x1=False)
+    prepared = detectron2_names.prepare_state(adelaidet, 50, options, "a.pth")
+    variables = convert.model_variables(model, convert.LAYOUTS["adelaidet_solov2"], config)
+    assert len(variables) == len(prepared)
+    convert.torch_weights.assign_torch_weights(variables, prepared, "a.pth")
+    stem = variables[detectron2_names.STEM_CONV].path
+    for v in model.weights:
+        if v.path == stem:  # divided then multiplied by the std: float rounding
+            np.testing.assert_allclose(v.numpy(), want[v.path], rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(v.numpy(), want[v.path], err_msg=v.path)
+    outputs = model(arrays["image"])
+    for key in ("mask_features", "kernel_preds_0", "kernel_preds_4", "cate_logits_2"):
+        assert_close(outputs[key], arrays[key], f"adelaidet {key}")
+
+
+def test_adelaidet_msra_resnet_and_bad_tensors_are_refused():
+    layout, config, state, _ = load_case("solov2")
+    adelaidet = adelaidet_state(state)
+    with pytest.raises(ValueError, match="STRIDE_IN_1X1=True") as err:
+        detectron2_names.prepare_state(adelaidet, 50, detectron2_names.Detectron2Options(), "a.pth")
+    assert "a.pth" in str(err.value) and "--nodetectron2_stride_in_1x1" in str(err.value)
+    with pytest.raises(ValueError, match="--input_normalization=imagenet"):
+        unit = dataclasses.replace(config, input_normalization="unit")
+        convert.check_config("adelaidet_solov2", unit, "a.pth")
+    broken = dict(adelaidet)
+    del broken["ins_head.kernel_tower.3.weight"]
+    broken["ins_head.kernel_tower.0.bias"] = np.zeros(32, np.float32)
+    broken["mask_head.conv_pred.1.weight"] = np.zeros(7, np.float32)
+    model = built_model(config)
+    variables = convert.model_variables(model, convert.LAYOUTS["adelaidet_solov2"], config)
+    with pytest.raises(ValueError) as err:
+        convert.torch_weights.assign_torch_weights(variables, broken, "a.pth")
+    message = str(err.value)
+    assert "missing from the checkpoint: 'ins_head.kernel_tower.3.weight'" in message
+    assert "no place for: 'ins_head.kernel_tower.0.bias'" in message
+    assert "'mask_head.conv_pred.1.weight' has shape (7,)" in message and "expects (16,)" in message
