@@ -307,9 +307,14 @@ def test_adelaidet_solov2_converts_to_the_same_model():
         assert_close(outputs[key], arrays[key], f"adelaidet {key}")
 
 
-def test_adelaidet_msra_resnet_and_bad_tensors_are_refused():
+def test_adelaidet_msra_resnet_and_bad_tensors_are_refused(tmp_path, monkeypatch):
     layout, config, state, _ = load_case("solov2")
     adelaidet = adelaidet_state(state)
+    monkeypatch.setattr(convert.torch_checkpoint, "load_state_dict", lambda path: adelaidet)
+    solo_config = cfg.SOLOConfig(model=config, targets=cfg.TargetConfig(num_grids=config.num_grids))
+    with pytest.raises(ValueError, match="SOLOv2_R50_3x.pth: a detectron2 ResNet-50 with"):
+        convert.convert_checkpoint("SOLOv2_R50_3x.pth", solo_config, LABELS, str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m")
     with pytest.raises(ValueError, match="STRIDE_IN_1X1=True") as err:
         detectron2_names.prepare_state(adelaidet, 50, detectron2_names.Detectron2Options(), "a.pth")
     assert "a.pth" in str(err.value) and "--nodetectron2_stride_in_1x1" in str(err.value)
