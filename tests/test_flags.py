@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from absl import flags
 
 from solo_tf import config as cfg
@@ -59,6 +60,7 @@ def test_base_config_kept_except_given_flags():
     assert config.model.num_classes == 4 and config.postprocess.score_threshold == 0.3
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_helpfull_lists_flags():
     out = subprocess.run(
         [sys.executable, "-m", "solo_tf.train", "--helpfull"],

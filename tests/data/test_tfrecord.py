@@ -132,6 +132,7 @@ def test_reader_options_and_errors(tiny, tmp_path):
         read_tfrecords(str(tmp_path / "nothing-*"), label_map)
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_command_line(tiny, tmp_path):
     prefix = str(tmp_path / "cli" / "val")
     command = [sys.executable, "-m", "solo_tf.data.tfrecord", "--annotations", tiny.annotation_file]

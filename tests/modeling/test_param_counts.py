@@ -71,6 +71,7 @@ def test_resnet50_formula_matches_keras_cv_and_torchvision():
     "head_type, backbone_type",
     [("vanilla", "torchvision"), ("decoupled", "torchvision"), ("vanilla", "keras_cv")],
 )
+@pytest.mark.slow  # builds full ResNet-50 models
 def test_r50_param_counts(head_type, backbone_type):
     config = ModelConfig(num_classes=CLASSES, head_type=head_type, backbone_type=backbone_type)
     model = build_model(config)

@@ -71,6 +71,7 @@ def test_mixed_precision_forward_and_gradients(policy, head_type):
     assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
 
 
+@pytest.mark.slow  # a training step: not in make test-fast
 def test_one_sgd_step_lowers_the_loss():
     config = tiny_config()
     model = build_model(config)

@@ -48,6 +48,7 @@ def test_hand_worked_figures():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow  # builds full ResNet-50 models
 def test_r50_param_counts(name):
     width, num_convs, e, expected = CASES[name]
     config = ModelConfig(
