@@ -110,7 +110,7 @@ def _skip_lines(model_dir):
     for path in glob.glob(os.path.join(model_dir, "train*")):
         if os.path.isfile(path) and not os.path.islink(path):  # train.INFO links the log
             with open(path, errors="replace") as f:
-                lines += [line for line in f if "skipped (" in line]
+                lines += [line for line in f if "] skipped (" in line]  # SkipLog's lines
     return lines
 
 
