@@ -13,7 +13,7 @@ on by default only on CPUs with AVX-512, while ``make demo`` turns them on every
 Each setting runs in a subprocess of its own (``TF_ENABLE_ONEDNN_OPTS`` is read when TensorFlow
 loads, so the parent's own import of TensorFlow does not matter): ``experiments/shapes.flags``
 on 16 generated training images, one batch held in memory, the full training step of
-``train_lib`` (forward, loss, backward, clipping, AdamW); the median of ``--runs`` steps after
+``train_lib`` (forward, loss, backward, clipping, AdamW); the median of ``--steps`` steps after
 two warm-up steps (the first traces). The matmul peak of the same process (``machine_peak``,
 n = 1024) is printed beside it.
 """
@@ -40,7 +40,7 @@ _SETTINGS = flags.DEFINE_list(
     ["float32:0", "float32:1", "bfloat16:0", "bfloat16:1"],
     "precision:onednn pairs (precision float32 or bfloat16; onednn 0 or 1).",
 )
-_RUNS = flags.DEFINE_integer("runs", 3, "Timed steps per setting (median reported).")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per setting (median reported).")
 _CHILD = flags.DEFINE_string("child", "", "Internal: run one precision in this process.")
 
 
@@ -79,7 +79,7 @@ def child(precision: str, runs: int) -> dict:
 def main(argv):
     del argv
     if _CHILD.value:
-        print("RESULT " + json.dumps(child(_CHILD.value, _RUNS.value)), flush=True)
+        print("RESULT " + json.dumps(child(_CHILD.value, _STEPS.value)), flush=True)
         return
     rows = []
     for setting in _SETTINGS.value:
@@ -87,7 +87,7 @@ def main(argv):
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
         command = [sys.executable, "-m", "benchmarks.precision", f"--child={precision}"]
         out = subprocess.run(
-            command + [f"--runs={_RUNS.value}"], env=env, capture_output=True, text=True
+            command + [f"--steps={_STEPS.value}"], env=env, capture_output=True, text=True
         )
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
