@@ -35,6 +35,10 @@ class ModelConfig:
     # authors' torchvision backbones) or "unit" (x / 255, keras-cv presets built with
     # include_rescaling=True). Must match the pretrained weights.
     input_normalization: Literal["imagenet", "unit"] = "imagenet"
+    # torchvision backbone, depth 50/101: a bottleneck's stride 2 on its first 1x1 conv
+    # instead of the 3x3 (detectron2's default STRIDE_IN_1X1=True: AdelaiDet's checkpoints).
+    # Refused with depth 18/34 (basic blocks have no 1x1 conv) and with keras_cv.
+    stride_in_1x1: bool = False
     freeze_stem_and_stage1: bool = True
     freeze_batchnorm: bool = True  # BatchNorm in inference mode, as in the reference
     fpn_channels: int = 256

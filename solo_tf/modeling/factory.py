@@ -50,6 +50,11 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         raise ValueError(
             f"backbone_type must be one of {sorted(BACKBONES)}, got {config.backbone_type!r}"
         )
+    options = {}
+    if config.stride_in_1x1:  # torchvision only (depth 50/101, checked by TorchvisionResNet)
+        if config.backbone_type != "torchvision":
+            raise ValueError("--stride_in_1x1 needs --backbone_type=torchvision")
+        options["stride_in_1x1"] = True
     backbone = BACKBONES[config.backbone_type](
         depth=config.backbone_depth,
         freeze_stem_and_stage1=config.freeze_stem_and_stage1,
@@ -57,6 +62,7 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         filters=config.backbone_filters,
         input_normalization=config.input_normalization,
         name="backbone",
+        **options,
     )
     fpn = FPN(channels=config.fpn_channels, name="fpn")
     head_options = {}

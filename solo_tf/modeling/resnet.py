@@ -7,6 +7,11 @@ Same computation as torchvision's ``resnet18/34/50/101`` (and mmdetection's ResN
 ImageNet weights and the authors' checkpoints therefore compute here what they compute in
 PyTorch (``solo_tf.convert`` loads them; tests compare with torch's own outputs).
 
+``stride_in_1x1=True`` moves a bottleneck's stride 2 to its first 1x1 conv instead: the
+MSRA ResNet of detectron2's default ``MODEL.RESNETS.STRIDE_IN_1X1=True`` (AdelaiDet's
+SOLOv2 checkpoints) and of keras-cv's v1. Same weights and output sizes, another function.
+Basic blocks (depth 18/34) have no 1x1 conv: the option is refused for them.
+
 Layer names are torch's module paths with "." replaced by "_" ("layer2_0_downsample_0" is
 torch's "layer2.0.downsample.0"), so the weight mapping is a rename.
 
@@ -61,15 +66,17 @@ def _bn(name: str):
     return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
-def _block(x, width: int, stride: int, bottleneck: bool, name: str):
-    """One BasicBlock (two 3x3) or Bottleneck (1x1, 3x3 with the stride, 1x1 to 4 x width)."""
+def _block(x, width: int, stride: int, bottleneck: bool, name: str, stride_in_1x1=False):
+    """One BasicBlock (two 3x3) or Bottleneck (1x1, 3x3 with the stride, 1x1 to 4 x width;
+    ``stride_in_1x1``: the stride on the first 1x1 instead)."""
     out_channels = width * (4 if bottleneck else 1)
     shortcut = x
     if stride != 1 or x.shape[-1] != out_channels:
         shortcut = _apply(_conv(out_channels, 1, stride, f"{name}_downsample_0"), x)
         shortcut = _bn(f"{name}_downsample_1")(shortcut)
     if bottleneck:
-        specs = [(width, 1, 1), (width, 3, stride), (out_channels, 1, 1)]
+        first, second = (stride, 1) if stride_in_1x1 else (1, stride)
+        specs = [(width, 1, first), (width, 3, second), (out_channels, 1, 1)]
     else:
         specs = [(width, 3, stride), (width, 3, 1)]
     y = x
@@ -82,11 +89,16 @@ def _block(x, width: int, stride: int, bottleneck: bool, name: str):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def resnet_levels(x, depth: int, filters=()) -> dict:
+def resnet_levels(x, depth: int, filters=(), stride_in_1x1: bool = False) -> dict:
     """Normalised images [B, H, W, 3] -> {"P2".."P5"} (outputs of layer1..layer4)."""
     if depth not in RESNET_SPECS:
         raise ValueError(f"backbone depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
     blocks, bottleneck = RESNET_SPECS[depth]
+    if stride_in_1x1 and not bottleneck:
+        raise ValueError(
+            f"stride_in_1x1 needs bottleneck blocks (depth 50 or 101); a ResNet-{depth}'s "
+            "basic blocks stride their first 3x3 conv either way"
+        )
     x = _apply(_conv(STEM_FILTERS, 7, 2, "conv1"), x)
     x = keras.layers.ReLU(name="relu")(_bn("bn1")(x))
     # torch pads the max-pool with -inf; after the ReLU every input is >= 0, so 0 is the same.
@@ -96,7 +108,8 @@ def resnet_levels(x, depth: int, filters=()) -> dict:
     for stage, (width, count) in enumerate(zip(filters or STAGE_FILTERS, blocks, strict=True)):
         for index in range(count):
             stride = 2 if stage > 0 and index == 0 else 1
-            x = _block(x, width, stride, bottleneck, f"layer{stage + 1}_{index}")
+            name = f"layer{stage + 1}_{index}"
+            x = _block(x, width, stride, bottleneck, name, stride_in_1x1)
         levels[f"P{stage + 2}"] = x
     return levels
 
@@ -110,7 +123,8 @@ class TorchvisionResNet(keras.Model):
     multiple of 32). Same arguments and freezing as the keras-cv ``ResNetPyramidBackbone``:
     ``freeze_stem_and_stage1`` leaves conv1, bn1 and layer1 without trainable weights;
     ``freeze_batchnorm`` makes every BatchNormalization non-trainable, which in Keras 3
-    also runs it on its moving statistics under ``training=True``.
+    also runs it on its moving statistics under ``training=True``. ``stride_in_1x1``:
+    bottlenecks stride their first 1x1 conv (detectron2's MSRA ResNet; depth 50/101 only).
     """
 
     def __init__(
@@ -121,6 +135,7 @@ class TorchvisionResNet(keras.Model):
         input_shape=(None, None, 3),
         filters=(),
         input_normalization: str = "imagenet",
+        stride_in_1x1: bool = False,
         **kwargs,
     ):
         check_normalization(input_normalization)
@@ -129,13 +144,15 @@ class TorchvisionResNet(keras.Model):
         images = keras.Input(shape=tuple(input_shape), name="images")
         mean, std = NORMALIZATIONS[input_normalization]
         x = ImageNormalization(mean, std, name="image_normalization")(images)
-        super().__init__(inputs=images, outputs=resnet_levels(x, depth, tuple(filters)), **kwargs)
+        levels = resnet_levels(x, depth, tuple(filters), stride_in_1x1)
+        super().__init__(inputs=images, outputs=levels, **kwargs)
         self.depth = depth
         self.freeze_stem_and_stage1 = freeze_stem_and_stage1
         self.freeze_batchnorm = freeze_batchnorm
         self.image_shape = tuple(input_shape)
         self.filters = tuple(filters)
         self.input_normalization = input_normalization
+        self.stride_in_1x1 = stride_in_1x1
         for layer in self.layers:
             if freeze_stem_and_stage1 and layer.name.startswith(STEM_AND_STAGE1_PREFIXES):
                 layer.trainable = False
@@ -151,6 +168,7 @@ class TorchvisionResNet(keras.Model):
             "input_shape": self.image_shape,
             "filters": self.filters,
             "input_normalization": self.input_normalization,
+            "stride_in_1x1": self.stride_in_1x1,
         }
 
     @classmethod
