@@ -12,6 +12,16 @@ from solo_tf.detector import DETECTION_KEYS, Detector
 from tests.export import fixtures
 
 
+def _assert_same_detections(got, want, key):
+    """Classes, counts and masks equal; float scores and boxes to float32 rounding: the batched
+    and per-image graphs reduce over other shapes, which may move the last bit (seen on an
+    AVX2-only CPU with mean-colour padding: one score 6e-8 apart)."""
+    if np.issubdtype(want.dtype, np.floating):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=key)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=key)
+
+
 def _padded_batch(images, detector):
     """The three first test images preprocessed as the serving graph does (mixed sizes)."""
     padded, infos = [], []
@@ -30,7 +40,7 @@ def test_per_image_postprocess_equals_batched(source, images):
     for key in DETECTION_KEYS:
         want, got = batched[key].numpy(), one_by_one[key].numpy()
         assert got.shape == want.shape, key
-        np.testing.assert_array_equal(got, want, err_msg=key)
+        _assert_same_detections(got, want, key)
 
 
 def test_per_image_postprocess_with_a_static_output_size(source, images):
@@ -40,7 +50,7 @@ def test_per_image_postprocess_with_a_static_output_size(source, images):
     one_by_one = source.detect(padded, info, per_image=True, **kwargs)
     assert one_by_one["detection_masks"].shape[2:] == (100, 90)
     for key in DETECTION_KEYS:
-        np.testing.assert_array_equal(one_by_one[key].numpy(), batched[key].numpy(), key)
+        _assert_same_detections(one_by_one[key].numpy(), batched[key].numpy(), key)
 
 
 @pytest.fixture(scope="module")
