@@ -31,8 +31,10 @@ layer of the same name with "." as "_" (``solo_tf.modeling.resnet.torch_variable
 by index. Conv weights [out, in, kh, kw] become [kh, kw, in, out]; GroupNorm and BatchNorm
 weight / bias are gamma / beta, BatchNorm running_mean / running_var the moving statistics.
 AdelaiDet's detectron2 names are WXinlong's SOLOv2 names renamed, and its input
-normalisation folded into the stem conv (``solo_tf.detectron2_names``; its MSRA-style
-``STRIDE_IN_1X1=True`` ResNets are refused: solo-tf's ResNet strides the 3x3 conv).
+normalisation folded into the stem conv (``solo_tf.detectron2_names``); its MSRA-style
+``STRIDE_IN_1X1=True`` ResNets (``--detectron2_stride_in_1x1``, detectron2's default) convert
+to a model_dir whose config has ``stride_in_1x1=true`` (bottlenecks stride their 1x1 conv).
+The other layouts are torchvision ResNets: they need ``stride_in_1x1=False``.
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ def check_config(layout_name: str, config: cfg.ModelConfig, source: str) -> None
         "head_type": layout.head_type,
         "decoupled_shared_tower": layout.shared_tower if layout.head_type == "decoupled" else False,
     }
+    if not layout.detectron2:  # torchvision's Bottleneck strides the 3x3 conv
+        wanted["stride_in_1x1"] = False
     if layout.detectron2:  # the stem fold maps onto ImageNet mean / std normalisation
         wanted["input_normalization"] = "imagenet"
     wrong = [f"--{key}={value}" for key, value in wanted.items() if getattr(config, key) != value]
@@ -277,7 +281,8 @@ def convert_checkpoint(
     """Writes ``model_dir`` from a SOLO checkpoint; returns the checkpoint prefix written.
 
     ``detectron2``: the config values of an AdelaiDet checkpoint that its tensors do not
-    show (detectron2's defaults unless given).
+    show (detectron2's defaults unless given); its ``stride_in_1x1`` replaces the model
+    config's (``detectron2_names.model_config``) in the model and the written config.json.
     """
     if label_map.num_classes != config.model.num_classes:
         raise ValueError(
@@ -290,8 +295,9 @@ def convert_checkpoint(
     layout_name = detect_layout(state, checkpoint)
     check_config(layout_name, config.model, checkpoint)
     if LAYOUTS[layout_name].detectron2:
-        depth = config.model.backbone_depth
-        state = detectron2_names.prepare_state(state, depth, detectron2, checkpoint)
+        model_config = detectron2_names.model_config(config.model, detectron2)
+        config = dataclasses.replace(config, model=model_config)
+        state = detectron2_names.prepare_state(state, detectron2)
     model = factory.build_model(config.model)
     variables = model_variables(model, LAYOUTS[layout_name], config.model)
     torch_weights.assign_torch_weights(variables, state, checkpoint)
@@ -374,7 +380,7 @@ def _flags():
             "detectron2_stride_in_1x1",
             True,
             "AdelaiDet checkpoints: MODEL.RESNETS.STRIDE_IN_1X1 of their training config "
-            "(True, detectron2's default, is not convertible).",
+            "(True: detectron2's default); sets the model's stride_in_1x1 (depth 50/101).",
         )
         flags.DEFINE_enum(
             "detectron2_input_format",

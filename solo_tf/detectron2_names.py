@@ -25,9 +25,10 @@ for the head; P6 = max-pool(1, stride 2) of the FPN's P5 output (detectron2's
 
 Two differences come from detectron2's defaults, which AdelaiDet's configs keep:
 - ``MODEL.RESNETS.STRIDE_IN_1X1=True`` (the MSRA ResNet of ``R-50.pkl`` / ``R-101.pkl``):
-  a bottleneck's stride 2 is on its first 1x1 conv, solo-tf's torchvision ResNet has it on
-  the 3x3. That is another function, which solo-tf's ResNet cannot compute: such
-  checkpoints are refused (``Detectron2Options.stride_in_1x1``).
+  a bottleneck's stride 2 is on its first 1x1 conv, torchvision's on the 3x3. Same tensors,
+  another function: the converted model gets ``ModelConfig.stride_in_1x1``
+  (``model_config``; ``Detectron2Options.stride_in_1x1``). Basic blocks (R18/34) stride
+  their first 3x3 in both.
 - BGR input normalised by ``MODEL.PIXEL_MEAN`` (ImageNet's mean) and ``MODEL.PIXEL_STD``
   (1, 1, 1). It is linear, and 0 after it is the mean colour in both, so it folds exactly into
   the stem conv: solo-tf's kernel for RGB channel r is detectron2's for the same colour
@@ -41,6 +42,7 @@ import re
 
 import numpy as np
 
+from solo_tf import config as cfg
 from solo_tf.modeling.normalization import IMAGENET_STD
 
 STEM_CONV = "backbone.bottom_up.stem.conv1.weight"
@@ -147,20 +149,15 @@ def unfold_input_normalization(weight: np.ndarray, options: Detectron2Options) -
     return unfolded
 
 
-def prepare_state(state: dict, depth: int, options: Detectron2Options, source: str) -> dict:
-    """AdelaiDet's state dict with its stem conv folded for solo-tf's input.
+def model_config(config: cfg.ModelConfig, options: Detectron2Options) -> cfg.ModelConfig:
+    """``config`` computing the checkpoint's ResNet: ``stride_in_1x1`` from
+    ``options`` for bottlenecks (depth >= 50), False for basic blocks (no 1x1 conv)."""
+    stride_in_1x1 = options.stride_in_1x1 and config.backbone_depth >= 50
+    return dataclasses.replace(config, stride_in_1x1=stride_in_1x1)
 
-    Raises ValueError when the checkpoint's ResNet cannot be computed by solo-tf's
-    (bottlenecks with ``stride_in_1x1``).
-    """
-    if options.stride_in_1x1 and depth >= 50:
-        raise ValueError(
-            f"{source}: a detectron2 ResNet-{depth} with MODEL.RESNETS.STRIDE_IN_1X1=True "
-            "(detectron2's default, kept by AdelaiDet's SOLOv2 configs and their MSRA R-50 / "
-            "R-101 ImageNet weights) strides its bottlenecks' first 1x1 conv; solo-tf's "
-            "ResNet strides the 3x3 conv, another function: not convertible. A checkpoint "
-            "trained with STRIDE_IN_1X1=False converts with --nodetectron2_stride_in_1x1"
-        )
+
+def prepare_state(state: dict, options: Detectron2Options) -> dict:
+    """AdelaiDet's state dict with its stem conv folded for solo-tf's input."""
     state = dict(state)
     stem = state.get(STEM_CONV)
     if stem is not None and stem.ndim == 4 and stem.shape[1] == 3:
