@@ -15,6 +15,9 @@ names, fills them with seeded random weights, runs them on fixed inputs and save
   float16, bfloat16, int64, bool) in both ``torch.save`` formats, for the reader;
 * ``resnet18_narrow.pth`` (legacy format) + ``.npz``: a ResNet-18 on a 97 x 131 input (odd
   sizes: padding and output-size formula), its four levels;
+* ``resnet50_stride_in_1x1_narrow.pth`` + ``.npz``: a narrow ResNet-50 whose strided
+  bottlenecks stride their first 1x1 conv (detectron2's ``STRIDE_IN_1X1=True``: torchvision's
+  Bottleneck with the strides of conv1 and conv2 swapped) on a 65 x 97 input, its four levels;
 * ``solo_{vanilla,decoupled,decoupled_light}.pth``, ``solov2.pth`` + ``.npz``: ResNet-50
   (narrow) + FPN + head on a 96 x 128 input (the authors pad to multiples of 32): backbone
   levels, FPN levels and head outputs in NHWC under solo-tf's output names.
@@ -370,6 +373,21 @@ def resnet18_fixture():
     save("resnet18_narrow", model.state_dict(), arrays, legacy=True)
 
 
+def resnet50_stride_in_1x1_fixture():
+    """detectron2's BottleneckBlock(stride_in_1x1=True): conv1 (1x1, pad 0) strides, conv2
+    (3x3, pad 1) does not; torchvision's blocks otherwise (same names and tensors)."""
+    model = narrow_resnet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], WIDTHS)
+    for stage in (model.layer2, model.layer3, model.layer4):
+        stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+    randomize(model, seed=6)
+    model.eval()
+    image = fixed_image(65, 97, seed=7)
+    with torch.no_grad():
+        levels = resnet_levels(model, to_torch(image))
+    arrays = {"image": image, **{f"P{k + 2}": nhwc(x) for k, x in enumerate(levels)}}
+    save("resnet50_stride_in_1x1_narrow", model.state_dict(), arrays, legacy=False)
+
+
 def solo_fixture(name, head_class, legacy):
     torch.manual_seed(0)
     model = Detector(head_class)
@@ -394,6 +412,7 @@ def main():
     torch.use_deterministic_algorithms(True)
     reader_fixture()
     resnet18_fixture()
+    resnet50_stride_in_1x1_fixture()
     solo_fixture("solo_vanilla", SOLOHead, legacy=False)
     solo_fixture("solo_decoupled", DecoupledSOLOHead, legacy=True)
     solo_fixture("solo_decoupled_light", DecoupledSOLOLightHead, legacy=False)

@@ -1,6 +1,9 @@
 """TorchvisionResNet(stride_in_1x1=True): detectron2's MSRA bottleneck (stride 2 on the first
 1x1 conv), same weights and output sizes as torchvision's, another function; checked against
-a numpy bottleneck written here (1x1 stride 2, 3x3 with explicit padding 1, 1x1)."""
+a numpy bottleneck written here (1x1 stride 2, 3x3 with explicit padding 1, 1x1) and against
+torch (fixture ``resnet50_stride_in_1x1_narrow`` of scripts/make_torch_fixtures.py)."""
+
+import os
 
 import keras
 import numpy as np
@@ -8,7 +11,9 @@ import pytest
 
 from solo_tf import config as cfg
 from solo_tf.modeling import factory
-from solo_tf.modeling.resnet import BN_EPSILON, TorchvisionResNet
+from solo_tf.modeling.resnet import BN_EPSILON, TorchvisionResNet, load_torchvision_weights
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
 FILTERS = (4, 4, 8, 16)  # bottleneck outputs 16, 16, 32, 64
 
@@ -115,3 +120,21 @@ def test_basic_blocks_and_keras_cv_refuse_it():
         TorchvisionResNet(depth=50, filters=FILTERS, stride_in_1x1=True).get_config()
     )
     assert clone.get_layer("layer3_0_conv1").strides == (2, 2)
+
+
+def test_matches_torch_on_an_odd_input(pair):
+    """65 x 97 -> P2 17 x 25, P3 9 x 13, P4 5 x 7, P5 3 x 4 (torch's sizes); within 1e-4 of
+    each level's scale. The torchvision-style ResNet with the same weights is not."""
+    torchvision_style, msra = pair
+    source = os.path.join(FIXTURES, "resnet50_stride_in_1x1_narrow.pth")
+    load_torchvision_weights(msra, source)
+    want = np.load(os.path.join(FIXTURES, "resnet50_stride_in_1x1_narrow.npz"))
+    got = msra(want["image"])
+    sizes = {"P2": (17, 25), "P3": (9, 13), "P4": (5, 7), "P5": (3, 4)}
+    for level, size in sizes.items():
+        assert want[level].shape[1:3] == size, level
+        scale = np.abs(want[level]).max()
+        np.testing.assert_allclose(got[level], want[level], atol=1e-4 * scale, err_msg=level)
+    load_torchvision_weights(torchvision_style, source)
+    other = np.asarray(torchvision_style(want["image"])["P3"])
+    assert np.abs(other - want["P3"]).max() > 1e-2 * np.abs(want["P3"]).max()
