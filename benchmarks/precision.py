@@ -27,11 +27,10 @@ import subprocess
 import sys
 import tempfile
 
-import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.machine_peak import matmul_peak
-from benchmarks.profile import demo_config, timed
+from benchmarks.profile import demo_config, training_step_seconds
 from solo_tf import distribute, hardware, train_lib
 from solo_tf.data import inputs, shapes
 
@@ -57,13 +56,7 @@ def child(precision: str, runs: int) -> dict:
         strategy = distribute.create_strategy(config.train.strategy)
         source = inputs.open_source(config.data, "train")
         stream = strategy.distribute_datasets_from_function(inputs.train_input_fn(config, source))
-        model, optimizer, _ = train_lib.build_state(config, strategy, 2)
-        batch = next(iter(stream))
-        fixed = iter(tf.data.Dataset.from_tensors(batch).repeat())
-        loop = train_lib.make_train_loop(
-            strategy, train_lib.make_replica_step(model, optimizer, config)
-        )
-        step_s = timed(lambda: loop(fixed, tf.constant(1))["loss"], runs)
+        step_s, _, _ = training_step_seconds(config, strategy, iter(stream), runs)
     batch_size = config.train.global_batch_size
     return {
         "precision": precision,

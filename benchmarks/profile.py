@@ -101,6 +101,18 @@ def demo_config(data_dir: str) -> cfg.SOLOConfig:
     return solo_flags.config_from_flags(values)
 
 
+def training_step_seconds(config: cfg.SOLOConfig, strategy, iterator, runs: int):
+    """(median seconds of ``train_lib``'s full step on one batch of ``iterator`` held in
+    memory, the model, that batch). The caller has set the Keras dtype policy."""
+    model, optimizer, _ = train_lib.build_state(config, strategy, 75)
+    batch = next(iterator)
+    fixed = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    loop = train_lib.make_train_loop(
+        strategy, train_lib.make_replica_step(model, optimizer, config)
+    )
+    return timed(lambda: loop(fixed, tf.constant(1))["loss"], runs), model, batch
+
+
 def profile_train(runs: int) -> list[tuple[str, float, str]]:
     """Rows (what, milliseconds per batch of 8, note) for the demo recipe."""
     with tempfile.TemporaryDirectory() as data_dir:
@@ -124,13 +136,7 @@ def profile_train(runs: int) -> list[tuple[str, float, str]]:
                 return (time.perf_counter() - start) / (10 * runs)
 
             pipeline_s = pipeline_batches()
-            model, optimizer, _ = train_lib.build_state(config, strategy, 75)
-            batch = next(iterator)
-            fixed = iter(tf.data.Dataset.from_tensors(batch).repeat())
-            loop = train_lib.make_train_loop(
-                strategy, train_lib.make_replica_step(model, optimizer, config)
-            )
-            step_s = timed(lambda: loop(fixed, tf.constant(1))["loss"], runs)
+            step_s, model, batch = training_step_seconds(config, strategy, iterator, runs)
         finally:
             keras.mixed_precision.set_global_policy("float32")
     images = batch["image"]

@@ -25,7 +25,7 @@ DEMO_DIR = os.environ.get("DEMO_DIR", "runs/demo")
 PY = os.environ.get("PYTHON", sys.executable)
 FLAGFILE = "experiments/shapes.flags"
 BUDGET_S = 15 * 60
-# Calibration of the estimate, from make demo runs (docs/benchmarks.md, "The demo"): training
+# Calibration of the estimate, from make demo runs (README, "What make demo does"): training
 # images per second per GFLOP/s of matmul peak in the training precision, and the other stages'
 # (generate, evaluate twice, export, predict) seconds times GFLOP/s.
 IMAGES_PER_S_PER_GFLOPS = 0.018  # 13.9 img/s at 925 (AMX), 7.5 at 409 (AVX-512), 1.9 at 96
@@ -35,10 +35,10 @@ OTHER_STAGES_GFLOP = 50000.0  # ~400 s at 103 GFLOP/s (AVX2, 2026-11-30, 320 x 3
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 PROBE = """
-import json
+import json, sys
 from benchmarks.machine_peak import matmul_peak
 from solo_tf import hardware
-dtype = "bfloat16" if hardware.native_bfloat16() else "float32"
+dtype = hardware.resolve_mixed_precision(sys.argv[1]) or "float32"
 peak = matmul_peak(dtype, n=1024, runs=5)
 print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"]}))
 """
@@ -54,7 +54,8 @@ def _flag(name: str) -> str:
 
 def estimate(summary: dict) -> None:
     """Measures the machine, prints the expected wall time, warns when over the budget."""
-    out = subprocess.run([PY, "-c", PROBE], capture_output=True, text=True, check=True)
+    precision = _flag("mixed_precision")  # what training will resolve it to, it measures
+    out = subprocess.run([PY, "-c", PROBE, precision], capture_output=True, text=True, check=True)
     machine = json.loads(out.stdout.strip().splitlines()[-1])
     images = int(_flag("total_steps")) * int(_flag("global_batch_size"))
     train_s = images / (IMAGES_PER_S_PER_GFLOPS * machine["gflops"])

@@ -16,17 +16,28 @@ import tensorflow as tf
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The feature flags of the first CPU in ``cpuinfo`` (empty where there is no such file)."""
+def _first_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """``key: value`` lines of the first CPU block of ``cpuinfo`` (empty where there is no
+    such file)."""
+    fields = {}
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in ``cpuinfo`` (empty where there is no such file)."""
+    return frozenset(_first_cpu(cpuinfo).get("flags", "").split())
 
 
 def native_bfloat16(flags: frozenset[str] | None = None, has_accelerator: bool | None = None):
@@ -50,15 +61,7 @@ def resolve_mixed_precision(value: str, **kwargs) -> str:
 
 def describe_cpu() -> str:
     """One line: the CPU model and which of AVX2 / AVX-512 / AVX-512 BF16 / AMX it has."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = _first_cpu().get("model name", "unknown CPU")
     flags = cpu_flags()
     have = [
         name

@@ -25,7 +25,6 @@ def main(argv):
         raise app.UsageError("--model_dir is required")
     os.makedirs(config.train.model_dir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("train", config.train.model_dir)
-    config = train_lib.resolve_precision(config)
     train_lib.keras_policy(config.train.mixed_precision)
     has_val = bool(config.data.val_annotations or config.data.val_tfrecords)
     eval_fn = eval_lib.make_eval_fn(config) if has_val else None
