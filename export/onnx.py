@@ -3,7 +3,8 @@
 Writes ``model.onnx`` and ``model_info.json`` into ``--output_dir``. The ONNX graph is the
 TFLite graph (``export.serving_module.tflite_fn``): one uint8 image [1, H, W, 3]
 (``--image_size``) that the app has already resized to fit H x W keeping its aspect ratio
-and padded with 0 at the bottom/right, in; ``num_detections`` [1], ``detection_scores``
+and padded at the bottom/right with the model's mean colour (``preprocessing.pad_colour`` of
+``model_info.json``), in; ``num_detections`` [1], ``detection_scores``
 [1, K], ``detection_classes`` [1, K] (dataset ids), ``detection_masks`` uint8 [1, K, H, W]
 and ``detection_boxes`` [1, K, 4], all in input pixels, out. Network, point NMS, maskness,
 Matrix NMS and the mask resize all run inside the ONNX graph.
@@ -182,9 +183,7 @@ def model_info(detector, image_size, opset: int, ops: list[str], path: str) -> d
         "inputs": [
             {
                 **details["inputs"]["image"],
-                "meaning": f"RGB image in [0, 255], {INPUT_TYPE}, already resized to fit "
-                f"{image_size[0]}x{image_size[1]} (aspect kept) and padded with 0 at the "
-                "bottom/right",
+                "meaning": tflite.input_meaning(image_size, INPUT_TYPE, detector.pad_colour),
             }
         ],
         "outputs": [
@@ -194,7 +193,7 @@ def model_info(detector, image_size, opset: int, ops: list[str], path: str) -> d
         "labels": detector.label_map.to_dict()["categories"],
         "postprocess_config": cfg.to_dict(detector.config.postprocess),
     }
-    return {**info, **tflite.app_steps(image_size, INPUT_TYPE)}
+    return {**info, **tflite.app_steps(image_size, INPUT_TYPE, detector.pad_colour)}
 
 
 def export_onnx(

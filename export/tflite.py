@@ -6,10 +6,12 @@ Writes one file per ``--quantization`` into ``--output_dir`` (``model_fp32.tflit
 
 Each file takes one image [1, H, W, 3] (``--image_size``; uint8 or float32 RGB in [0, 255],
 ``--input_type``) that the app has already resized to fit H x W keeping its aspect ratio and
-padded with 0 at the bottom/right, and returns ``num_detections`` [1], ``detection_scores``
-[1, K], ``detection_classes`` [1, K] (dataset ids), ``detection_masks`` uint8 [1, K, H, W]
-and ``detection_boxes`` [1, K, 4], all in input pixels. Only TFLite built-in operators are
-allowed (``int8`` also the int8 built-ins; post-processing stays float where it must).
+padded at the bottom/right with the model's mean colour (``preprocessing.pad_colour`` in
+``model_info.json``: 0 after the normalisation inside, as in training), and returns
+``num_detections`` [1], ``detection_scores`` [1, K], ``detection_classes`` [1, K] (dataset
+ids), ``detection_masks`` uint8 [1, K, H, W] and ``detection_boxes`` [1, K, 4], all in input
+pixels. Only TFLite built-in operators are allowed (``int8`` also the int8 built-ins;
+post-processing stays float where it must).
 
 The graph goes through ``keras.export.ExportArchive`` and a SavedModel on disk before
 conversion: a Keras 3 model wrapped in a plain ``tf.Module`` converts without its weights.
@@ -63,14 +65,17 @@ def write_float_saved_model(detector, image_size, input_type: str, path: str) ->
     archive.write_out(path, verbose=False)
 
 
-def calibration_images(folder: str, image_size, input_type: str, count: int) -> list:
-    """Up to ``count`` images of ``folder``, letterboxed like an app does, [1, H, W, 3]."""
+def calibration_images(
+    folder: str, image_size, input_type: str, count: int, colour=(0.0, 0.0, 0.0)
+) -> list:
+    """Up to ``count`` images of ``folder``, letterboxed like an app does (padded with
+    ``colour``), [1, H, W, 3]."""
     paths = images.list_images(folder) if os.path.isdir(folder) else []
     if not paths:
         raise FileNotFoundError(f"--calibration_images {folder!r} holds no image")
     batches = []
     for path in paths[:count]:
-        padded, _ = images.letterbox(images.read_image(path), image_size, input_type)
+        padded, _ = images.letterbox(images.read_image(path), image_size, input_type, colour)
         batches.append(padded[None])
     return batches
 
@@ -155,8 +160,7 @@ def model_info(detector, image_size, input_type: str, files: dict, ops: dict, pa
         "inputs": [
             {
                 **details["inputs"]["image"],
-                "meaning": f"RGB image in [0, 255], {input_type}, already resized to fit "
-                f"{height}x{width} (aspect kept) and padded with 0 at the bottom/right",
+                "meaning": input_meaning(image_size, input_type, detector.pad_colour),
             }
         ],
         "outputs": [
@@ -164,13 +168,30 @@ def model_info(detector, image_size, input_type: str, files: dict, ops: dict, pa
             for name in serving_module.DETECTION_KEYS
         ],
         "labels": detector.label_map.to_dict()["categories"],
-        **app_steps(image_size, input_type),
+        **app_steps(image_size, input_type, detector.pad_colour),
         "postprocess_config": cfg.to_dict(detector.config.postprocess),
     }
 
 
-def app_steps(image_size, input_type: str) -> dict:
-    """What an app does before and after calling a fixed-size model (TFLite, ONNX)."""
+def input_meaning(image_size, input_type: str, colour) -> str:
+    """The ``meaning`` of a fixed-size model's image input in ``model_info.json``."""
+    height, width = image_size
+    return (
+        f"RGB image in [0, 255], {input_type}, already resized to fit {height}x{width} "
+        f"(aspect kept) and padded at the bottom/right with pad_colour {_rgb(colour)}"
+    )
+
+
+def _rgb(colour) -> list[float]:
+    return [round(float(c), 3) for c in colour]
+
+
+def app_steps(image_size, input_type: str, colour) -> dict:
+    """What an app does before and after calling a fixed-size model (TFLite, ONNX).
+
+    ``colour``: the letterbox padding, RGB in [0, 255]: the model's mean colour
+    (``Detector.pad_colour``), which its normalisation maps to 0, as training padded.
+    """
     height, width = image_size
     return {
         "preprocessing": {
@@ -179,7 +200,9 @@ def app_steps(image_size, input_type: str) -> dict:
             "color": "RGB, channels last, values 0..255, no mean/std (inside the model)",
             "resize": "scale = min(H / h0, W / w0); resize (bilinear) to "
             "(round(h0 * scale), round(w0 * scale))",
-            "pad": "with 0 at the bottom and right to H x W",
+            "pad": "with pad_colour at the bottom and right to H x W (uint8: rounded); "
+            "the normalisation inside maps it to 0, as training padded",
+            "pad_colour": _rgb(colour),
         },
         "postprocessing": "outputs are in input pixels: keep mask rows < round(h0 * scale) "
         "and columns < round(w0 * scale), resize them to h0 x w0; divide boxes by scale",
@@ -209,7 +232,7 @@ def export_tflite(
     calibration = []
     if calibration_folder:
         calibration = calibration_images(
-            calibration_folder, image_size, input_type, num_calibration
+            calibration_folder, image_size, input_type, num_calibration, detector.pad_colour
         )
     probe = calibration[0] if calibration else _gray_probe(image_size, input_type)
     os.makedirs(output_dir, exist_ok=True)

@@ -10,8 +10,9 @@ original pixels, max exclusive), and ``names``, category id -> name from the lab
 travels with the export.
 
 The SavedModel resizes and pads inside its graph. A TFLite model takes the padded input
-itself: ``solo_tf.images.letterbox`` does what an app must do, and the masks that come back
-in input pixels are cropped to the scaled image and resized (nearest) to the original size here.
+itself: ``solo_tf.images.letterbox`` does what an app must do (padding with the
+``pad_colour`` of ``model_info.json``), and the masks that come back in input pixels are
+cropped to the scaled image and resized (nearest) to the original size here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,26 @@ from ai_edge_litert.interpreter import Interpreter
 from solo_tf.data.label_map import LabelMap
 from solo_tf.detector import one_image
 from solo_tf.images import boxes_from_masks, letterbox, resize_masks_nearest, to_input_dtype
+
+
+def read_model_info(path: str) -> dict | None:
+    """The ``model_info.json`` next to an exported file (TFLite, ONNX), or None."""
+    info_path = os.path.join(os.path.dirname(path), "model_info.json")
+    if not os.path.exists(info_path):
+        return None
+    with open(info_path) as f:
+        return json.load(f)
+
+
+def app_side(path: str, label_map: LabelMap | None) -> tuple[LabelMap | None, tuple]:
+    """The label map (``label_map`` when given, else ``model_info.json``'s labels) and the
+    letterbox pad colour (``model_info.json``'s ``preprocessing.pad_colour``; 0 for files
+    exported before it was recorded) of an exported fixed-size file."""
+    info = read_model_info(path) or {}
+    if label_map is None and "labels" in info:
+        label_map = LabelMap.from_dict({"categories": info["labels"]})
+    colour = info.get("preprocessing", {}).get("pad_colour", (0.0, 0.0, 0.0))
+    return label_map, tuple(float(c) for c in colour)
 
 
 def find_version_dir(path: str) -> str:
@@ -64,7 +85,8 @@ class SavedModelPredictor:
 class TFLitePredictor:
     """Runs a ``.tflite`` file of ``export.tflite`` with the LiteRT interpreter.
 
-    Labels come from ``model_info.json`` next to the file, or ``label_map`` when given.
+    Labels and the pad colour come from ``model_info.json`` next to the file (``label_map``
+    overrides its labels).
     """
 
     def __init__(self, path: str, label_map: LabelMap | None = None, num_threads: int = 2):
@@ -74,12 +96,7 @@ class TFLitePredictor:
         details = self._runner.get_input_details()["image"]
         self.input_size = tuple(int(s) for s in details["shape"][1:3])
         self.input_dtype = np.dtype(details["dtype"])
-        if label_map is None:
-            info_path = os.path.join(os.path.dirname(path), "model_info.json")
-            if os.path.exists(info_path):
-                with open(info_path) as f:
-                    label_map = LabelMap.from_dict({"categories": json.load(f)["labels"]})
-        self.label_map = label_map
+        self.label_map, self.pad_colour = app_side(path, label_map)
         self.names = label_map.names_by_id() if label_map is not None else {}
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,7 +109,7 @@ class TFLitePredictor:
     ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """``full_size=False`` leaves the masks at the scaled image's size (the model's
         resolution), a uniform scaling of the original: large photos then cost no memory."""
-        padded, image_info = letterbox(image, self.input_size, self.input_dtype)
+        padded, image_info = letterbox(image, self.input_size, self.input_dtype, self.pad_colour)
         dets = one_image(self.run(padded[None]))
         scaled_h, scaled_w = (int(round(v)) for v in image_info[1])
         dets["detection_masks"] = dets["detection_masks"][:, :scaled_h, :scaled_w]

@@ -102,9 +102,13 @@ def letterbox_size(image_size_hw, input_size) -> tf.Tensor:
     return tf.clip_by_value(tf.round(size * scale), 1.0, tf.constant(input_size, tf.float32))
 
 
-def letterbox(image: np.ndarray, input_size, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def letterbox(
+    image: np.ndarray, input_size, dtype=np.float32, colour=(0.0, 0.0, 0.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """The preprocessing an app does for a fixed-size model: fit inside ``input_size``
-    keeping the aspect ratio (bilinear), pad with 0 at the bottom/right.
+    keeping the aspect ratio (bilinear), pad with ``colour`` (RGB in [0, 255]) at the
+    bottom/right. An exported model's ``model_info.json`` names its ``pad_colour``: the
+    mean colour of its normalisation, which it saw as padding in training.
 
     Returns ``dtype`` [H, W, 3] (integer dtypes: rounded, clipped) and image_info float32
     [4, 2] (original size, scaled size, scale, 0).
@@ -112,7 +116,7 @@ def letterbox(image: np.ndarray, input_size, dtype=np.float32) -> tuple[np.ndarr
     height, width = (int(s) for s in input_size)
     image = tf.convert_to_tensor(image)
     size = letterbox_size(tf.shape(image)[:2], (height, width))
-    padded, _, image_info = resize_and_pad(image, None, size, (height, width))
+    padded, _, image_info = resize_and_pad(image, None, size, (height, width), colour)
     return to_input_dtype(padded.numpy(), dtype), image_info.numpy()
 
 

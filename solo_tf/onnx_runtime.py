@@ -12,9 +12,6 @@ when a predictor is made, so importing this module costs nothing without it.
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from solo_tf import exported
@@ -30,19 +27,11 @@ ORT_DTYPES = {
 }
 
 
-def read_label_map(path: str) -> LabelMap | None:
-    """The labels of ``model_info.json`` next to an exported file, or None."""
-    info_path = os.path.join(os.path.dirname(path), "model_info.json")
-    if not os.path.exists(info_path):
-        return None
-    with open(info_path) as f:
-        return LabelMap.from_dict({"categories": json.load(f)["labels"]})
-
-
 class ONNXPredictor:
     """An ONNX file of ``export.onnx`` in an ONNX Runtime ``InferenceSession``.
 
-    Labels come from ``model_info.json`` next to the file, or ``label_map`` when given.
+    Labels and the pad colour come from ``model_info.json`` next to the file (``label_map``
+    overrides its labels).
     ``providers`` defaults to the CPU; ``num_threads`` sets the intra-op thread pool.
     """
 
@@ -65,7 +54,7 @@ class ONNXPredictor:
         self.input_size = tuple(int(s) for s in image.shape[1:3])
         self.input_dtype = np.dtype(ORT_DTYPES[image.type])
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self.label_map = label_map if label_map is not None else read_label_map(path)
+        self.label_map, self.pad_colour = exported.app_side(path, label_map)
         self.names = self.label_map.names_by_id() if self.label_map is not None else {}
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from solo_tf.data.inputs import from_examples, train_dataset
 from solo_tf.data.label_map import LabelMap
 from solo_tf.data.pipeline import build_eval_dataset, make_train_map_fn
 from solo_tf.detector import Detector
-from solo_tf.images import decode_image_tensor
+from solo_tf.images import decode_image_tensor, letterbox
 from solo_tf.modeling import factory
 from solo_tf.modeling.normalization import ImageNormalization
 from solo_tf.targets import build_targets
@@ -110,6 +110,20 @@ def test_padding_is_the_mean_colour_and_zero_after_normalisation():
     normalised = ImageNormalization()(image[None]).numpy()[0]
     assert (normalised[:, 107:] == 0.0).all()  # exactly: the authors pad after Normalize
     assert geometry.pad_colour("unit") == (0.0, 0.0, 0.0)
+
+
+def test_app_letterbox_pads_with_the_given_colour_rounded_for_uint8():
+    """What an app does for a TFLite / ONNX file: model_info.json's pad_colour, here the mean."""
+    image = np.full([30, 60, 3], 7, np.uint8)  # fits 64 x 64 as 32 x 64, padded below
+    padded, info = letterbox(image, (64, 64), np.uint8, geometry.pad_colour("imagenet"))
+    assert padded.dtype == np.uint8 and padded.shape == (64, 64, 3)
+    np.testing.assert_array_equal(info[1], [32, 64])
+    np.testing.assert_array_equal(padded[:32], 7)
+    np.testing.assert_array_equal(padded[32:], np.broadcast_to([124, 116, 104], [32, 64, 3]))
+    as_float, _ = letterbox(image, (64, 64), np.float32, geometry.pad_colour("imagenet"))
+    np.testing.assert_allclose(as_float[40, 10], MEAN, rtol=1e-6)
+    zero_padded, _ = letterbox(image, (64, 64), np.uint8)  # the default: 0
+    assert (zero_padded[32:] == 0).all()
 
 
 def test_training_batch_is_padded_to_its_larger_image_and_targets_use_that_size():
