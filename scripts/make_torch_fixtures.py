@@ -37,7 +37,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+# SOLO_FIXTURES_OUT: write elsewhere (to compare a regeneration with the committed files).
+OUT = os.environ.get(
+    "SOLO_FIXTURES_OUT", os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+)
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 # The tiny SOLO of the fixtures (tests/test_convert.py builds the same in Keras).
@@ -362,15 +365,20 @@ def reader_fixture():
     np.savez(os.path.join(OUT, "torch_reader_expected.npz"), **expected)
 
 
-def resnet18_fixture():
-    model = narrow_resnet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], (8, 8, 16, 16))
-    randomize(model, seed=2)
+def backbone_fixture(name, model, weight_seed, image_hw, image_seed, legacy):
+    """A ResNet with seeded random weights on a fixed input: its weights and four levels."""
+    randomize(model, seed=weight_seed)
     model.eval()
-    image = fixed_image(97, 131, seed=3)
+    image = fixed_image(*image_hw, seed=image_seed)
     with torch.no_grad():
         levels = resnet_levels(model, to_torch(image))
     arrays = {"image": image, **{f"P{k + 2}": nhwc(x) for k, x in enumerate(levels)}}
-    save("resnet18_narrow", model.state_dict(), arrays, legacy=True)
+    save(name, model.state_dict(), arrays, legacy)
+
+
+def resnet18_fixture():
+    model = narrow_resnet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], (8, 8, 16, 16))
+    backbone_fixture("resnet18_narrow", model, 2, (97, 131), 3, legacy=True)
 
 
 def resnet50_stride_in_1x1_fixture():
@@ -379,13 +387,7 @@ def resnet50_stride_in_1x1_fixture():
     model = narrow_resnet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], WIDTHS)
     for stage in (model.layer2, model.layer3, model.layer4):
         stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
-    randomize(model, seed=6)
-    model.eval()
-    image = fixed_image(65, 97, seed=7)
-    with torch.no_grad():
-        levels = resnet_levels(model, to_torch(image))
-    arrays = {"image": image, **{f"P{k + 2}": nhwc(x) for k, x in enumerate(levels)}}
-    save("resnet50_stride_in_1x1_narrow", model.state_dict(), arrays, legacy=False)
+    backbone_fixture("resnet50_stride_in_1x1_narrow", model, 6, (65, 97), 7, legacy=False)
 
 
 def solo_fixture(name, head_class, legacy):
