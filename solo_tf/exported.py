@@ -97,7 +97,7 @@ class TFLitePredictor:
         self.input_size = tuple(int(s) for s in details["shape"][1:3])
         self.input_dtype = np.dtype(details["dtype"])
         self.label_map, self.pad_colour = app_side(path, label_map)
-        self.names = label_map.names_by_id() if label_map is not None else {}
+        self.names = self.label_map.names_by_id() if self.label_map is not None else {}
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The raw outputs for one padded input [1, H, W, 3] (cast to the input dtype)."""
