@@ -23,8 +23,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -q -m "not soak"
 
+# Two workers (pytest-xdist): much of a test's time is single-threaded tracing and Python.
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -m "not slow" -n 2
 
 test-soak: $(VENV)/.installed
 	$(PY) -m pytest tests -q -m soak
