@@ -21,6 +21,7 @@ from PIL import Image
 
 from solo_tf import config as cfg
 from solo_tf import model_dir as model_dir_lib
+from solo_tf.data import geometry
 from solo_tf.data.label_map import LabelMap
 from solo_tf.detector import Detector, one_image
 from solo_tf.modeling import factory
@@ -54,6 +55,11 @@ def tiny_config(head_type: str = "vanilla") -> cfg.SOLOConfig:
         postprocess=cfg.PostprocessConfig(nms_pre=100, update_threshold=0.3, max_detections=20),
         data=cfg.DataConfig(output_size=(128, 128), eval_short_side=96, max_long_side=128),
     )
+
+
+# The app-side letterbox padding of the tiny model's TFLite / ONNX files (model_info.json's
+# pad_colour): its mean colour.
+PAD_COLOUR = geometry.pad_colour(tiny_config().model.input_normalization)
 
 
 def _mask_convs(model, head_type: str) -> dict:

@@ -22,7 +22,7 @@ from export import onnx as onnx_export  # noqa: E402
 from solo_tf import config as cfg  # noqa: E402
 from solo_tf import eval_lib, exported  # noqa: E402
 from solo_tf import images as images_lib  # noqa: E402
-from solo_tf.data import geometry, shapes  # noqa: E402
+from solo_tf.data import shapes  # noqa: E402
 from solo_tf.detector import DETECTION_KEYS, one_image  # noqa: E402
 from solo_tf.onnx_runtime import ONNXPredictor  # noqa: E402
 from tests.export import fixtures  # noqa: E402
@@ -40,12 +40,8 @@ def validation_images(count: int = 4) -> list[np.ndarray]:
     ]
 
 
-# The app-side padding of model_info.json: the tiny model's mean colour.
-PAD = geometry.pad_colour(fixtures.tiny_config().model.input_normalization)
-
-
 def letterboxed(image: np.ndarray) -> np.ndarray:
-    return images_lib.letterbox(image, SIZE, np.uint8, PAD)[0][None]  # [1, H, W, 3]
+    return images_lib.letterbox(image, SIZE, np.uint8, fixtures.PAD_COLOUR)[0][None]  # [1, H, W, 3]
 
 
 def _run(args, cwd=REPO, env=None, timeout=900) -> str:
@@ -151,7 +147,7 @@ def test_model_info_and_operators(export):
     assert outputs["num_detections"]["shape"] == [1]
     assert all(o["meaning"] for o in info["outputs"])
     assert info["preprocessing"]["input_size"] == list(SIZE)
-    np.testing.assert_allclose(info["preprocessing"]["pad_colour"], PAD, atol=1e-3)
+    np.testing.assert_allclose(info["preprocessing"]["pad_colour"], fixtures.PAD_COLOUR, atol=1e-3)
     model = onnx.load(export["onnx"])
     assert info["operators"] == onnx_export.check_operators(model)
     # Matrix NMS is matmuls and reductions; the post-processing sorts with TopK.
@@ -164,7 +160,7 @@ class _LetterboxedSavedModel:
     def __init__(self, run, names):
         self.run, self.names = run, names
         self.input_size, self.input_dtype = SIZE, np.dtype(np.uint8)
-        self.label_map, self.pad_colour = None, PAD
+        self.label_map, self.pad_colour = None, fixtures.PAD_COLOUR
 
     predict = exported.TFLitePredictor.predict
 
@@ -175,7 +171,7 @@ def test_predictor_maps_back_to_the_original_image(export, saved_model):
         pytest.skip("the predictor does not depend on the head")
     predictor = ONNXPredictor(export["onnx"])
     assert predictor.input_size == SIZE and predictor.input_dtype == np.uint8
-    np.testing.assert_allclose(predictor.pad_colour, PAD, atol=1e-3)
+    np.testing.assert_allclose(predictor.pad_colour, fixtures.PAD_COLOUR, atol=1e-3)
     assert predictor.names == {1: "circle", 5: "square", 9: "triangle"}
     reference = _LetterboxedSavedModel(saved_model, predictor.names)
     for image in validation_images(2):

@@ -17,7 +17,6 @@ from tensorflow.lite.python import schema_py_generated as schema
 from export import tflite
 from solo_tf import exported
 from solo_tf import images as images_lib
-from solo_tf.data import geometry
 from tests.export import fixtures
 from tests.export.conftest import TFLITE_SIZE
 
@@ -40,12 +39,9 @@ def flatbuffer_operators(path: str) -> list[tuple[str, str]]:
     return codes
 
 
-# The app-side padding of model_info.json: the tiny model's mean colour.
-PAD = geometry.pad_colour(fixtures.tiny_config().model.input_normalization)
-
-
 def letterboxed(image: np.ndarray) -> np.ndarray:
-    padded, _ = images_lib.letterbox(image, TFLITE_SIZE, np.uint8, PAD)  # the files take uint8
+    # The files take uint8, padded with model_info.json's pad_colour.
+    padded, _ = images_lib.letterbox(image, TFLITE_SIZE, np.uint8, fixtures.PAD_COLOUR)
     return padded[None]
 
 
@@ -168,7 +164,7 @@ def test_model_info(tflite_dir):
     assert outputs["detection_masks"]["dtype"] == "uint8"
     assert all(o["meaning"] for o in info["outputs"])
     assert info["preprocessing"]["input_size"] == list(TFLITE_SIZE)
-    np.testing.assert_allclose(info["preprocessing"]["pad_colour"], PAD, atol=1e-3)
+    np.testing.assert_allclose(info["preprocessing"]["pad_colour"], fixtures.PAD_COLOUR, atol=1e-3)
     assert info["preprocessing"]["pad_colour"] != [0, 0, 0]  # the mean, not black
     interpreter = Interpreter(model_path=os.path.join(tflite_dir, "model_fp32.tflite"))
     indices = {d["index"] for d in interpreter.get_output_details()}
@@ -177,7 +173,8 @@ def test_model_info(tflite_dir):
 
 def test_predictor_maps_back_to_the_original_image(tflite_dir, images):
     predictor = exported.TFLitePredictor(os.path.join(tflite_dir, "model_fp32.tflite"))
-    np.testing.assert_allclose(predictor.pad_colour, PAD, atol=1e-3)  # from model_info.json
+    # The pad colour is read from model_info.json.
+    np.testing.assert_allclose(predictor.pad_colour, fixtures.PAD_COLOUR, atol=1e-3)
     image = images[1]  # 120 x 80: scaled to 128 x 85, padded on the right
     dets, names = predictor(image)
     assert names == {1: "circle", 5: "square", 9: "triangle"}
