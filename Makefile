@@ -19,9 +19,11 @@ demo: $(VENV)/.installed
 	DEMO_DIR=$(DEMO_DIR) PYTHON=$(abspath $(PY)) $(PY) scripts/demo.py
 
 # What CI runs: everything but the soak tier (the fault-injection suite beyond its hang
-# regression test, and the end-to-end benchmark run).
+# regression test, and the end-to-end benchmark run). Two pytest-xdist workers, a test file
+# each at a time (module and session fixtures built once per worker); the 30 slowest tests
+# are listed at the end.
 test: $(VENV)/.installed
-	$(PY) -m pytest tests -q -m "not soak"
+	$(PY) -m pytest tests -q -m "not soak" -n 2 --dist loadfile --durations=30
 
 # Two workers (pytest-xdist): much of a test's time is single-threaded tracing and Python.
 test-fast: $(VENV)/.installed

@@ -67,7 +67,7 @@ def test_helpfull_lists_flags():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard only
     ).stdout
     for name in ("--num_grids", "--head_type", "--mixed_precision", "--model_dir"):
         assert name in out

@@ -181,7 +181,7 @@ def test_command_line(tmp_path):
     command = [sys.executable, "-m", "solo_tf.data.shapes", f"--output_dir={tmp_path}"]
     command += ["--num_train=2", "--num_val=1", "--num_heldout=3", "--seed=3"]
     command += ["--min_size=64", "--max_size=96"]
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=120)
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=600)
     with open(tmp_path / "annotations" / "instances_val.json") as f:
         data = json.load(f)
     assert len(data["images"]) == 1 and data["info"]["seed"] == 3

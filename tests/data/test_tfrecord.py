@@ -139,7 +139,7 @@ def test_command_line(tiny, tmp_path):
     command += ["--images", tiny.image_dir, "--output", prefix, "--num_shards", "2"]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "4 examples -> 2 shards" in done.stdout
     assert os.path.exists(prefix + "-00001-of-00002.tfrecord")

@@ -153,7 +153,7 @@ def test_command_line(server, images, saved_model_dir, tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard only
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = json.loads(proc.stdout)
