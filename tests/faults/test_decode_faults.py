@@ -164,9 +164,9 @@ def _metrics(output_dir):
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
-def test_evaluate_skip_scores_readable_images(tmp_path, split, model_dir, table, name):
-    data = faulty(tmp_path, split, FAULTS[name])
-    without = split.copy(tmp_path / "without", drop_image=BAD_ID)
+def test_evaluate_skip_scores_readable_images(tmp_path, scored_split, model_dir, table, name):
+    data = faulty(tmp_path, scored_split, FAULTS[name])
+    without = scored_split.copy(tmp_path / "without", drop_image=BAD_ID)
     skip_out, ref_out = tmp_path / "skip", tmp_path / "ref"
     skip, ref = runner.run_all(
         [
@@ -179,7 +179,7 @@ def test_evaluate_skip_scores_readable_images(tmp_path, split, model_dir, table,
     got, want = _metrics(skip_out), _metrics(ref_out)
     assert got["num_images"] == 9 and got["num_images_left_out"] == 1, got
     assert want["num_images"] == 9 and want["num_images_left_out"] == 0, want
-    assert want["AP"] > 0, want  # the comparison below means something
+    assert want["AP"] > 0.3, want  # the comparison below means something
     for key in ("AP", "AP50", "AP75"):
         assert got[key] == pytest.approx(want[key], abs=1e-6), (key, got, want)
     assert "could not be read and are left out" in skip.stderr, skip.explain()
