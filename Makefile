@@ -20,10 +20,12 @@ demo: $(VENV)/.installed
 
 # What CI runs: everything but the soak tier (the fault-injection suite beyond its hang
 # regression test, and the end-to-end benchmark run). Two pytest-xdist workers, a test file
-# each at a time (module and session fixtures built once per worker); the 30 slowest tests
+# each at a time (module and session fixtures built once per worker), in the order of
+# tests/conftest.py (longest files first; xdist would otherwise start with the files of most
+# tests and leave the 11-minute overfitting test, one test, to the end); the 30 slowest tests
 # are listed at the end.
 test: $(VENV)/.installed
-	$(PY) -m pytest tests -q -m "not soak" -n 2 --dist loadfile --durations=30
+	$(PY) -m pytest tests -q -m "not soak" -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 # Two workers (pytest-xdist): much of a test's time is single-threaded tracing and Python.
 test-fast: $(VENV)/.installed

@@ -5,7 +5,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The longest test files, scheduled first (in this order) so that under `make test`'s two
-# pytest-xdist workers (`--dist loadfile`) each starts on one at once instead of ending on it.
+# pytest-xdist workers (`--dist loadfile --no-loadscope-reorder`: without the second flag xdist
+# sorts files by their number of tests) each starts on one at once instead of ending on it.
 LONGEST_FIRST = ("tests/test_overfit.py", "tests/test_train_lib.py")
 
 
