@@ -128,11 +128,9 @@ def scored_split(split, model_dir, tmp_path_factory) -> Split:
     image), so that the model's AP on it is well above 0 on any CPU, and drops when an image's
     ground truth is counted without its detections. (On the shapes ground truth the random
     model's AP is 0 or near it, which made the comparisons of skip scores mean nothing.)"""
-    import numpy as np
-    from PIL import Image
     from pycocotools import mask as mask_utils
 
-    from solo_tf import eval_lib
+    from solo_tf import eval_lib, images
     from solo_tf.detector import Detector
 
     scored = split.copy(tmp_path_factory.mktemp("scored"))
@@ -141,22 +139,21 @@ def scored_split(split, model_dir, tmp_path_factory) -> Split:
     detect = detector.detect_fn()
     annotations = []
     for image in data["images"]:
-        with Image.open(os.path.join(scored.images, image["file_name"])) as file:
-            pixels = np.asarray(file.convert("RGB"))
-        inputs, info = detector.preprocess(pixels)
-        dets = {k: v.numpy() for k, v in detect(inputs[None], info[None]).items()}
-        results = eval_lib.detections_to_coco_results(dets, [image["id"]], info.numpy()[None, 0])
-        kept = [r for r in results if mask_utils.area(r["segmentation"]) >= 16][:3]
+        pixels = images.read_image(os.path.join(scored.images, image["file_name"]))
+        dets = detector.detect_image(pixels, detect)
+        results = eval_lib.image_results(dets, image["id"], pixels.shape[:2])
+        areas = [float(mask_utils.area(r["segmentation"])) for r in results]
+        kept = [(r, area) for r, area in zip(results, areas, strict=True) if area >= 16][:3]
         assert kept, f"the tiny model detects nothing in image {image['id']}"
-        for result in kept:
+        for result, area in kept:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image["id"],
                     "category_id": result["category_id"],
                     "segmentation": result["segmentation"],
-                    "area": float(mask_utils.area(result["segmentation"])),
-                    "bbox": [float(v) for v in mask_utils.toBbox(result["segmentation"])],
+                    "area": area,
+                    "bbox": result["bbox"],
                     "iscrowd": 0,
                 }
             )
