@@ -1,11 +1,12 @@
-"""SOLO R50 and Decoupled SOLO R50 against Model Garden's Mask R-CNN R50-FPN, one command.
+"""SOLO, Decoupled SOLO and SOLOv2 R50 against Model Garden's Mask R-CNN R50-FPN, one command.
 
 Run:   .venv/bin/python benchmarks/compare.py --work_dir runs/compare           # full run
        .venv/bin/python benchmarks/compare.py --work_dir runs/compare --quick   # 512x512 only
        .venv/bin/python benchmarks/compare.py --work_dir runs/compare --report_only
-Models: SOLO R50 and Decoupled SOLO R50 in float32 and, with the same weights, exported
-with ``--compute_dtype=bfloat16`` (``vanilla_bf16``, ``decoupled_bf16``), and the peer;
-``--models`` picks a subset. The run takes about an hour on 2 CPU cores.
+Models: SOLO R50, Decoupled SOLO R50 and SOLOv2 R50 in float32 and, with the same weights,
+exported with ``--compute_dtype=bfloat16`` (``vanilla_bf16``, ``decoupled_bf16``,
+``solov2_bf16``), SOLOv2-Light R50 (``solov2light``, at its own 448x768 size only, see
+``compare_targets.OWN_SIZES``), and the peer; ``--models`` picks a subset. The run takes about an hour on 2 CPU cores.
 Writes ``WORK_DIR/results.json``, ``WORK_DIR/latency_vs_size.png`` (also
 ``docs/images/latency_vs_size.png``) and the section "## Against Model Garden's Mask R-CNN" of
 ``docs/benchmarks.md`` (``--nowrite_docs`` to leave the docs alone). ``WORK_DIR`` keeps the
@@ -59,6 +60,7 @@ from benchmarks.compare_targets import (  # noqa: E402
     parse_size,
     saved_model_dir,
     size_name,
+    targets_at,
 )
 from benchmarks.workers import alternate, export_in_worker, start_workers, stats  # noqa: E402
 
@@ -178,7 +180,7 @@ def run_size(results: dict, size, targets, work_dir: str, cache: dict, runs, bat
     """Exports every target for ``size`` and measures the inference of those exported; a
     failure is recorded in ``results["errors"]`` and the rest goes on."""
     ok = []
-    for target in targets:
+    for target in targets_at(size, targets):
         key = f"{target}_{size_name(size)}"
         try:
             results["exports"][key] = run_export(target, size, work_dir, cache)
@@ -221,7 +223,8 @@ def run_all(work_dir: str, opts) -> dict:
     for size in sizes:
         run_size(results, size, targets, work_dir, cache, runs, batch_runs)
         if size == sizes[0] and not opts.skip_train:  # before the largest, slowest size
-            train_targets = [t for t in targets if t in (*HEADS, PEER)]  # float32 only
+            # float32 only, at the training size whatever a head's own inference sizes
+            train_targets = [t for t in targets if t in (*HEADS, PEER)]
             if quick:
                 train_targets = [t for t in train_targets if t != "decoupled"]
             try:
@@ -244,7 +247,9 @@ def write_results(work_dir: str, results: dict) -> None:
 def define_flags() -> None:
     """The command line (defined only when run as a script, so tests can import this)."""
     flags.DEFINE_string("work_dir", None, "Keeps model_dirs, SavedModels, results.json.")
-    flags.DEFINE_string("sizes", "512x512,800x1333", "Image sizes HxW, comma-separated.")
+    flags.DEFINE_string(
+        "sizes", "512x512,800x1333,448x768", "Image sizes HxW, comma-separated."
+    )
     flags.DEFINE_integer("runs", 20, "Timed batch-1 calls per model and size.")
     flags.DEFINE_integer("batch_runs", 4, "Timed batch-8 calls per model and size.")
     flags.DEFINE_integer("train_runs", 5, "Timed training steps per model.")
@@ -255,7 +260,7 @@ def define_flags() -> None:
     flags.DEFINE_string("train_size", "640x640", "Training-step input HxW.")
     flags.DEFINE_string(
         "models",
-        "vanilla,decoupled,vanilla_bf16,decoupled_bf16,maskrcnn",
+        "vanilla,decoupled,solov2,vanilla_bf16,decoupled_bf16,solov2_bf16,solov2light,maskrcnn",
         "Models to measure (_bf16: the same weights exported with --compute_dtype=bfloat16).",
     )
 

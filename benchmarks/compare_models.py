@@ -1,6 +1,7 @@
 """The SOLO side of the Mask R-CNN comparison: its models, exports and training step.
 
-SOLO models: the full default ``ModelConfig`` (ResNet-50, 80 classes) with random weights,
+SOLO models: the full default ``ModelConfig`` (ResNet-50, 80 classes) with the head, or for
+SOLOv2 the model section of the authors' config in ``experiments/`` (``FLAGFILES``), with random weights,
 written as a model_dir (``solo_tf.model_dir``) and exported by ``export.saved_model`` from a
 ``Detector``; the input size sets the ``DataConfig`` of the export (short side, long-side
 cap, padding to a multiple of 32). Imported only by the SOLO worker processes of
@@ -10,6 +11,7 @@ cap, padding to a multiple of 32). Imported only by the SOLO worker processes of
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +20,7 @@ from benchmarks import flops
 from benchmarks.compare_targets import solo_model_dir, split_target
 from export import saved_model, serving_module
 from solo_tf import config as cfg
+from solo_tf import flags as solo_flags
 from solo_tf import model_dir as model_dir_lib
 from solo_tf import optimization, train_lib
 from solo_tf.data.label_map import LabelMap
@@ -26,11 +29,34 @@ from solo_tf.modeling import factory
 from solo_tf.targets import build_targets
 
 NUM_INSTANCES = 8
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Heads whose model is an experiment flagfile's (the authors' config) rather than the default
+# ModelConfig with another head_type.
+FLAGFILES = {
+    "solov2": "experiments/solov2_r50.flags",
+    "solov2light": "experiments/solov2_light_r50_448.flags",
+}
+
+
+def _flagfile_config(path: str) -> cfg.SOLOConfig:
+    """A flagfile's model, targets and post-processing; the default data and training
+    sections (no pretrained backbone: random weights here; the export sets the input size)."""
+    values = solo_flags.flags.FlagValues()
+    solo_flags.define_flags(values)
+    values(["compare", f"--flagfile={os.path.join(ROOT, path)}"])
+    config = solo_flags.config_from_flags(values)
+    return cfg.SOLOConfig(
+        model=config.model, targets=config.targets, postprocess=config.postprocess
+    )
 
 
 def solo_config(head: str, image_size=None) -> cfg.SOLOConfig:
-    """The default ``SOLOConfig`` with ``head``; with ``image_size``, ``with_input_size``."""
-    config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
+    """The default ``SOLOConfig`` with ``head`` (for a ``FLAGFILES`` head, the model of its
+    flagfile, the rest default); with ``image_size``, ``with_input_size``."""
+    if head in FLAGFILES:
+        config = _flagfile_config(FLAGFILES[head])
+    else:
+        config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
     return config if image_size is None else with_input_size(config, image_size)
 
 

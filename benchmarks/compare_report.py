@@ -34,10 +34,14 @@ LABEL = {
     "decoupled": "Decoupled SOLO R50",
     "vanilla_bf16": "SOLO R50, bfloat16",
     "decoupled_bf16": "Decoupled SOLO R50, bfloat16",
+    "solov2": "SOLOv2 R50",
+    "solov2_bf16": "SOLOv2 R50, bfloat16",
+    "solov2light": "SOLOv2-Light R50",
+    "solov2light_bf16": "SOLOv2-Light R50, bfloat16",
     PEER: "Mask R-CNN R50-FPN (Model Garden)",
 }
-# Model Garden pads to 2^max_level.
-PAD = {"vanilla": 32, "decoupled": 32, "vanilla_bf16": 32, "decoupled_bf16": 32, PEER: 64}
+# Model Garden pads to 2^max_level; SOLO to the backbone's stride 32.
+PAD = {**{target: 32 for target in LABEL}, PEER: 64}
 
 
 def plot(results: dict, paths: list[str]) -> None:
@@ -158,7 +162,11 @@ def _inference_section(results: dict, peaks: dict) -> list[str]:
     return [
         "",
         "Models, all with random weights: SOLO R50 and Decoupled SOLO R50 (the "
-        "default `ModelConfig`: ResNet-50, FPN, 7-conv heads, grids 40..12, 80 classes; exported "
+        "default `ModelConfig`: ResNet-50, FPN, 7-conv heads, grids 40..12, 80 classes), "
+        "SOLOv2 R50 (the model of `experiments/solov2_r50.flags`: torchvision ResNet-50, "
+        "kernel and category towers of 4 x 512, mask features E = 256 at stride 4) and "
+        "SOLOv2-Light R50 (`experiments/solov2_light_r50_448.flags`: towers of 2 x 256, E = "
+        "128; measured at its test size 448x768 only, the peer beside it); exported "
         "by `export.saved_model`, post-processing inside: Matrix NMS, masks resized to the "
         "image; float32, and the same weights exported with `--compute_dtype=bfloat16`: "
         "bfloat16 convolutions under Keras' `mixed_bfloat16` policy, float32 "

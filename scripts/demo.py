@@ -23,7 +23,8 @@ import time
 
 DEMO_DIR = os.environ.get("DEMO_DIR", "runs/demo")
 PY = os.environ.get("PYTHON", sys.executable)
-FLAGFILE = "experiments/shapes.flags"
+# DEMO_FLAGFILE picks another recipe (e.g. experiments/shapes_solov2.flags) for the same stages.
+FLAGFILE = os.environ.get("DEMO_FLAGFILE", "experiments/shapes.flags")
 BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (README, "What make demo does"): training
 # images per second per GFLOP/s of matmul peak in the training precision, and the other stages'

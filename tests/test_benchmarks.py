@@ -74,6 +74,29 @@ def test_solo_config_for_size():
     assert compare_models.solo_config("vanilla", (512, 512)).data.output_size == (512, 512)
 
 
+def test_solov2_configs_are_the_experiment_flagfiles():
+    """SOLOv2 rows: the model of the authors' configs (experiments/), random weights."""
+    full = compare_models.solo_config("solov2", (800, 1333))
+    assert full.model.head_type == "solov2" and full.model.backbone_depth == 50
+    assert (full.model.head_channels, full.model.stacked_convs) == (512, 4)
+    assert full.model.mask_feature_channels == 256 and full.model.num_classes == 80
+    assert full.targets.scale_ranges[0] == (1.0, 96.0)
+    assert full.data.output_size == (800, 1344)
+    light = compare_models.solo_config("solov2light", (448, 768))
+    assert (light.model.head_channels, light.model.stacked_convs) == (256, 2)
+    assert light.model.mask_feature_channels == 128
+    assert light.targets.scale_ranges == ((1, 56), (28, 112), (56, 224), (112, 448), (224, 896))
+    assert light.data.output_size == (448, 768) and light.train.pretrained_backbone == ""
+
+
+def test_targets_at_sizes():
+    every = ["vanilla", "solov2", "solov2_bf16", "solov2light", "solov2light_bf16", "maskrcnn"]
+    at = compare_targets.targets_at
+    assert at((512, 512), every) == ["vanilla", "solov2", "solov2_bf16", "maskrcnn"]
+    assert at((800, 1333), every) == ["vanilla", "solov2", "solov2_bf16", "maskrcnn"]
+    assert at((448, 768), every) == ["solov2light", "solov2light_bf16", "maskrcnn"]
+
+
 def test_parse_size_and_paths():
     assert compare_targets.parse_size("800x1333") == (800, 1333)
     assert compare_targets.size_name((512, 640)) == "512x640"

@@ -34,7 +34,7 @@ def test_defaults_give_the_default_config():
 
 
 def test_flagfiles_parse_into_configs():
-    for name in ("r50", "r101", "decoupled_r50", "shapes", "tiny"):
+    for name in ("r50", "r101", "decoupled_r50", "shapes", "shapes_solov2", "tiny"):
         path = os.path.join(ROOT, "experiments", f"{name}.flags")
         config = solo_flags.config_from_flags(parse([f"--flagfile={path}"]))
         assert config.model.num_grids == config.targets.num_grids
@@ -104,3 +104,21 @@ def test_solov2_flagfiles_are_the_authors_configs():
         assert f"mask AP {ap}" in header, name
         for word in ("Run:", "Hardware:", "Time:", "Expected:"):
             assert word in header, f"{name}.flags header lacks {word}"
+
+
+def test_shapes_solov2_differs_from_the_demo_recipe_only_in_its_head():
+    """Issue 13's side-by-side: same backbone, data, targets, schedule; only the head."""
+
+    def load(name):
+        path = os.path.join(ROOT, "experiments", f"{name}.flags")
+        return solo_flags.config_from_flags(parse([f"--flagfile={path}"]))
+
+    demo, v2 = load("shapes"), load("shapes_solov2")
+    assert v2.model.head_type == "solov2" and demo.model.head_type == "decoupled"
+    assert (v2.model.mask_feature_channels, v2.model.mask_feature_mid) == (64, 64)
+    head_fields = {"head_type", "mask_feature_channels", "mask_feature_mid"}
+    for field in dataclasses.fields(cfg.ModelConfig):
+        if field.name not in head_fields:
+            assert getattr(v2.model, field.name) == getattr(demo.model, field.name), field.name
+    for section in ("targets", "loss", "postprocess", "data", "train"):
+        assert getattr(v2, section) == getattr(demo, section), section
