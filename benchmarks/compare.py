@@ -6,7 +6,8 @@ Run:   .venv/bin/python benchmarks/compare.py --work_dir runs/compare           
 Models: SOLO R50, Decoupled SOLO R50 and SOLOv2 R50 in float32 and, with the same weights,
 exported with ``--compute_dtype=bfloat16`` (``vanilla_bf16``, ``decoupled_bf16``,
 ``solov2_bf16``), SOLOv2-Light R50 (``solov2light``, at its own 448x768 size only, see
-``compare_targets.OWN_SIZES``), and the peer; ``--models`` picks a subset. The run takes about an hour on 2 CPU cores.
+``compare_targets.OWN_SIZES``), and the peer; ``--models`` picks a subset. The run takes
+about an hour on 2 CPU cores.
 Writes ``WORK_DIR/results.json``, ``WORK_DIR/latency_vs_size.png`` (also
 ``docs/images/latency_vs_size.png``) and the section "## Against Model Garden's Mask R-CNN" of
 ``docs/benchmarks.md`` (``--nowrite_docs`` to leave the docs alone). ``WORK_DIR`` keeps the
@@ -247,9 +248,7 @@ def write_results(work_dir: str, results: dict) -> None:
 def define_flags() -> None:
     """The command line (defined only when run as a script, so tests can import this)."""
     flags.DEFINE_string("work_dir", None, "Keeps model_dirs, SavedModels, results.json.")
-    flags.DEFINE_string(
-        "sizes", "512x512,800x1333,448x768", "Image sizes HxW, comma-separated."
-    )
+    flags.DEFINE_string("sizes", "512x512,800x1333,448x768", "Image sizes HxW, comma-separated.")
     flags.DEFINE_integer("runs", 20, "Timed batch-1 calls per model and size.")
     flags.DEFINE_integer("batch_runs", 4, "Timed batch-8 calls per model and size.")
     flags.DEFINE_integer("train_runs", 5, "Timed training steps per model.")

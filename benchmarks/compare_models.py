@@ -1,11 +1,11 @@
 """The SOLO side of the Mask R-CNN comparison: its models, exports and training step.
 
 SOLO models: the full default ``ModelConfig`` (ResNet-50, 80 classes) with the head, or for
-SOLOv2 the model section of the authors' config in ``experiments/`` (``FLAGFILES``), with random weights,
-written as a model_dir (``solo_tf.model_dir``) and exported by ``export.saved_model`` from a
-``Detector``; the input size sets the ``DataConfig`` of the export (short side, long-side
-cap, padding to a multiple of 32). Imported only by the SOLO worker processes of
-``benchmarks.compare`` (see ``benchmarks.workers``).
+SOLOv2 the model section of the authors' config in ``experiments/`` (``FLAGFILES``), with
+random weights, written as a model_dir (``solo_tf.model_dir``) and exported by
+``export.saved_model`` from a ``Detector``; the input size sets the ``DataConfig`` of the
+export (short side, long-side cap, padding to a multiple of 32). Imported only by the SOLO
+worker processes of ``benchmarks.compare`` (see ``benchmarks.workers``).
 """
 
 from __future__ import annotations
