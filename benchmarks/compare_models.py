@@ -41,10 +41,7 @@ FLAGFILES = {
 def _flagfile_config(path: str) -> cfg.SOLOConfig:
     """A flagfile's model, targets and post-processing; the default data and training
     sections (no pretrained backbone: random weights here; the export sets the input size)."""
-    values = solo_flags.flags.FlagValues()
-    solo_flags.define_flags(values)
-    values(["compare", f"--flagfile={os.path.join(ROOT, path)}"])
-    config = solo_flags.config_from_flags(values)
+    config = solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, path)}"], "compare")
     return cfg.SOLOConfig(
         model=config.model, targets=config.targets, postprocess=config.postprocess
     )

@@ -37,9 +37,12 @@ def targets_at(size, targets) -> list[str]:
     own = {s for sizes in OWN_SIZES.values() for s in sizes}
     out = []
     for target in targets:
-        head = target if target == PEER else split_target(target)[0]
-        if target == PEER or (name in OWN_SIZES[head] if head in OWN_SIZES else name not in own):
-            out.append(target)
+        if target != PEER:
+            sizes = OWN_SIZES.get(split_target(target)[0])
+            measured = name in sizes if sizes else name not in own
+            if not measured:
+                continue
+        out.append(target)
     return out
 
 

@@ -86,19 +86,16 @@ def _grad_fn(forward, variables):
 
 
 def demo_config(data_dir: str) -> cfg.SOLOConfig:
-    values = flags.FlagValues()
-    solo_flags.define_flags(values)
     ann = os.path.join(data_dir, "annotations")
-    values(
+    return solo_flags.config_from_args(
         [
-            "profile",
             f"--flagfile={os.path.join(ROOT, 'experiments', 'shapes.flags')}",
             "--model_dir=/tmp/unused",
             f"--train_annotations={ann}/instances_train.json",
             f"--train_images={data_dir}/train",
-        ]
+        ],
+        "profile",
     )
-    return solo_flags.config_from_flags(values)
 
 
 def training_step_seconds(config: cfg.SOLOConfig, strategy, iterator, runs: int):

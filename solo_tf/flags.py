@@ -199,3 +199,12 @@ def config_from_flags(flag_values=flags.FLAGS, base: cfg.SOLOConfig | None = Non
                 kwargs[field.name] = _parse(field, flag.value)
         sections[key] = cls(**kwargs)
     return cfg.SOLOConfig(**sections)
+
+
+def config_from_args(args, prog: str = "solo_tf") -> cfg.SOLOConfig:
+    """The config that command-line ``args`` (flags and ``--flagfile=``s) give, parsed into a
+    fresh ``FlagValues`` so that the process's own ``flags.FLAGS`` is left alone."""
+    values = flags.FlagValues()
+    define_flags(values)
+    values([prog, *args])
+    return config_from_flags(values)

@@ -31,6 +31,7 @@ def test_every_config_field_is_a_flag_with_help():
 
 def test_defaults_give_the_default_config():
     assert solo_flags.config_from_flags(parse([])) == cfg.SOLOConfig()
+    assert solo_flags.config_from_args([]) == cfg.SOLOConfig()
 
 
 def test_flagfiles_parse_into_configs():
@@ -109,11 +110,10 @@ def test_solov2_flagfiles_are_the_authors_configs():
 def test_shapes_solov2_differs_from_the_demo_recipe_only_in_its_head():
     """Issue 13's side-by-side: same backbone, data, targets, schedule; only the head."""
 
-    def load(name):
-        path = os.path.join(ROOT, "experiments", f"{name}.flags")
-        return solo_flags.config_from_flags(parse([f"--flagfile={path}"]))
-
-    demo, v2 = load("shapes"), load("shapes_solov2")
+    demo, v2 = (
+        solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
+        for name in ("shapes.flags", "shapes_solov2.flags")
+    )
     assert v2.model.head_type == "solov2" and demo.model.head_type == "decoupled"
     assert (v2.model.mask_feature_channels, v2.model.mask_feature_mid) == (64, 64)
     head_fields = {"head_type", "mask_feature_channels", "mask_feature_mid"}

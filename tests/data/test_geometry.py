@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from PIL import Image
 
 from export import serving_module
@@ -49,10 +48,9 @@ TARGETS = cfg.TargetConfig(
 
 
 def paper_config(name: str) -> cfg.SOLOConfig:
-    values = flags.FlagValues()
-    solo_flags.define_flags(values)
-    values(["prog", f"--flagfile={os.path.join(ROOT, 'experiments', name + '.flags')}"])
-    return solo_flags.config_from_flags(values)
+    return solo_flags.config_from_args(
+        [f"--flagfile={os.path.join(ROOT, 'experiments', name + '.flags')}"]
+    )
 
 
 def coco_like_example(height: int, width: int) -> dict:
