@@ -47,14 +47,23 @@ from solo_tf.detector import Detector  # noqa: E402
 from solo_tf.modeling import factory  # noqa: E402
 
 _PARTS = flags.DEFINE_list(
-    "parts", ["train", "inference", "postprocess"], "train, inference and/or postprocess."
+    "parts",
+    ["train", "inference", "postprocess"],
+    "train, inference, postprocess and/or solov2 (not in the default list).",
 )
 _RUNS = flags.DEFINE_integer("runs", 5, "Timed calls per row (median reported).")
 _HEADS = flags.DEFINE_list("heads", ["vanilla", "decoupled"], "Inference: head types.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Inference: compute dtypes.")
+_SOLOV2_SIZES = flags.DEFINE_list(
+    "solov2_sizes", ["512x512", "800x1344"], "The solov2 part: padded input sizes HxW."
+)
+_SOLOV2_MODELS = flags.DEFINE_list(
+    "solov2_models", ["solov2"], "The solov2 part: compare.py targets (solov2, solov2light)."
+)
 _WRITE_DOCS = flags.DEFINE_bool("write_docs", False, "Replace the docs/benchmarks.md section.")
 
 SECTION = "## Profile"
+SOLOV2_SECTION = "## Profile: SOLOv2"
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 INFER_SIZE = (800, 1344)
 
@@ -209,41 +218,128 @@ def profile_postprocess(runs: int) -> list[tuple[str, float]]:
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     outputs = tf.function(lambda: model(image, training=False, lazy_masks=True))()
     info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
+    return postprocess_stages(outputs, info, config, runs)
+
+
+def postprocess_stages(outputs, info, config: cfg.SOLOConfig, runs: int):
+    """Rows (stage, milliseconds) of ``postprocess`` on captured model ``outputs``: each
+    stage alone on captured inputs, then the whole function with every output fetched."""
     mc, pc = config.model, config.postprocess
     cands = postprocess._select_candidates(outputs, mc, pc)
     probs = postprocess._candidate_mask_probs(outputs, cands, mc)
     rescored, binary = postprocess._rescore(probs, cands, mc, pc)
     dets = postprocess._suppress(probs, binary, rescored, pc)
-    masks = postprocess._masks_to_original(dets["probs"], info, 4, None, pc.mask_threshold)
+    stride = min(mc.mask_strides)
+    masks = postprocess._masks_to_original(dets["probs"], info, stride, None, pc.mask_threshold)
+    num_candidates, height, width = probs.shape[1:]
+    out_h, out_w = (int(v) for v in info[0, 0].numpy())
+    class_ids = tf.range(1, mc.num_classes + 1)
     stages = (
         (
-            "candidates (point NMS, top 500)",
+            f"candidates (point NMS, top {num_candidates})",
             lambda: postprocess._select_candidates(outputs, mc, pc),
         ),
         (
-            "candidate masks [500, 200, 336]",
+            f"candidate masks [{num_candidates}, {height}, {width}]",
             lambda: postprocess._candidate_mask_probs(outputs, cands, mc),
         ),
         ("binarise, areas, maskness", lambda: postprocess._rescore(probs, cands, mc, pc)),
         (
-            "sort, Matrix NMS, top 100",
+            f"sort, Matrix NMS, top {pc.max_detections}",
             lambda: postprocess._suppress(probs, binary, rescored, pc)["scores"],
         ),
         (
-            "100 masks to 800 x 1333",
-            lambda: postprocess._masks_to_original(dets["probs"], info, 4, None, pc.mask_threshold),
+            f"{pc.max_detections} masks to {out_h} x {out_w}",
+            lambda: postprocess._masks_to_original(
+                dets["probs"], info, stride, None, pc.mask_threshold
+            ),
         ),
         ("boxes from the masks", lambda: postprocess._boxes_from_masks(masks)),
         (
-            "whole postprocess",
-            lambda: postprocess.postprocess(outputs, info, mc, pc, tf.range(1, 81))[
-                "num_detections"
-            ],
+            "whole postprocess (every output fetched)",
+            lambda: postprocess.postprocess(outputs, info, mc, pc, class_ids),
         ),
     )
     # Each stage returns the sum of its outputs: nothing is pruned from the graph and no large
     # tensor is copied to the host (the sum itself reads the outputs once).
     return [(name, timed(tf.function(lambda f=fn: _sum(f())), runs) * 1e3) for name, fn in stages]
+
+
+def profile_solov2(runs: int) -> list[tuple[str, str, str, float]]:
+    """Rows (model, size, what, milliseconds) of SOLOv2 inference at batch 1, float32: the
+    models of ``benchmarks.compare_models.FLAGFILES`` (random weights), part by part.
+
+    Prefix rows as for the other models (backbone, + FPN); then the two halves of the head
+    alone on the FPN outputs (the stride-4 mask feature branch; the category and kernel
+    towers on the S x S grids of all levels), the whole network, and the network with
+    ``postprocess`` (the exported graph without the image decoding and resizing)."""
+    rows = []
+    for target in _SOLOV2_MODELS.value:
+        for size in _SOLOV2_SIZES.value:
+            height, width = (int(v) for v in size.split("x"))
+            for what, ms in _solov2_parts(target, height, width, runs):
+                rows.append((target, size, what, ms))
+                print(f"{target} {size} {what}: {ms:.0f} ms", flush=True)
+    return rows
+
+
+def _solov2_parts(target: str, height: int, width: int, runs: int) -> list[tuple[str, float]]:
+    """(what, milliseconds) rows of one SOLOv2 model at one padded input size."""
+    from benchmarks import compare_models  # noqa: PLC0415 (imports export/, Model Garden)
+
+    config = compare_models.solo_config(target, (height, width))
+    keras.utils.set_random_seed(0)
+    model = factory.build_model(config.model)
+    ids = tuple(range(1, config.model.num_classes + 1))
+    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
+    detector = Detector(model=model, config=config, label_map=label_map)
+    image = tf.random.uniform([1, height, width, 3], 0, 255)
+    info = tf.constant([[[height, width], [height, width], [1, 1], [0, 0]]], tf.float32)
+    head = model.head
+    fpn_out = tf.function(lambda: model.fpn(model.backbone(image), training=False))()
+
+    def grids():
+        outputs = {}
+        for level, x in enumerate(head.level_features(fpn_out)):
+            outputs.update(head.grid_outputs(level, x))
+        return outputs
+
+    parts = (
+        ("backbone", lambda: model.backbone(image, training=False)),
+        ("backbone + FPN", lambda: model.fpn(model.backbone(image), training=False)),
+        ("mask feature branch alone (on the FPN outputs)", lambda: head.mask_feature_head(fpn_out)),
+        ("category + kernel towers alone, all levels (on the FPN outputs)", grids),
+        ("network (backbone + FPN + head)", lambda: model(image, training=False)),
+        (
+            "network + post-processing (exported graph)",
+            lambda: detector.detect(image, info, per_image=False),
+        ),
+    )
+    rows = [(what, timed(tf.function(lambda f=fn: _sum(f())), runs) * 1e3) for what, fn in parts]
+    outputs = tf.function(lambda: model(image, training=False))()
+    stages = postprocess_stages(outputs, info, config, runs)
+    return rows + [(f"post-processing alone: {name}", ms) for name, ms in stages]
+
+
+def solov2_markdown(rows, runs: int) -> str:
+    from benchmarks.compare_report import LABEL  # noqa: PLC0415 (matplotlib)
+
+    return "\n".join(
+        [
+            SOLOV2_SECTION,
+            "",
+            "`python -m benchmarks.profile --parts=solov2` on "
+            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, batch 1, random "
+            f"weights; median of {runs} calls after 2 warm-up calls. The two head rows are "
+            "each half of the head alone on precomputed FPN outputs; the network row minus "
+            "the backbone + FPN row is the whole head.",
+            "",
+            "| model | padded input | what | ms |",
+            "|---|---|---|---:|",
+            *[f"| {LABEL.get(m, m)} | {size} | {w} | {ms:.0f} |" for m, size, w, ms in rows],
+            "",
+        ]
+    )
 
 
 def markdown(train_rows, infer_rows, runs: int, post_rows=()) -> str:
@@ -294,10 +390,16 @@ def main(argv):
     train_rows = profile_train(runs) if "train" in _PARTS.value else []
     infer_rows = profile_inference(runs) if "inference" in _PARTS.value else []
     post_rows = profile_postprocess(runs) if "postprocess" in _PARTS.value else []
-    section = markdown(train_rows, infer_rows, runs, post_rows)
-    print(section)
-    if _WRITE_DOCS.value:
-        replace_section(DOCS, section)
+    if train_rows or infer_rows or post_rows:
+        section = markdown(train_rows, infer_rows, runs, post_rows)
+        print(section)
+        if _WRITE_DOCS.value:
+            replace_section(DOCS, section)
+    if "solov2" in _PARTS.value:
+        section = solov2_markdown(profile_solov2(runs), runs)
+        print(section)
+        if _WRITE_DOCS.value:
+            replace_section(DOCS, section)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,14 @@ def test_profile_markdown_tables():
     assert text.startswith(profile.SECTION)
     assert "| forward | 173 |  |" in text
     assert "| SOLO R50 | bfloat16 | backbone | 813 |" in text
+
+
+def test_profile_solov2_markdown_table():
+    text = profile.solov2_markdown(
+        [("solov2", "512x512", "backbone", 412.4), ("solov2light", "448x768", "backbone", 9.5)],
+        runs=5,
+    )
+    assert text.startswith(profile.SOLOV2_SECTION)
+    assert "| SOLOv2 R50 | 512x512 | backbone | 412 |" in text
+    assert "| SOLOv2-Light R50 | 448x768 | backbone | 10 |" in text
+    assert "median of 5 calls" in text
