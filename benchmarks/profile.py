@@ -1,6 +1,7 @@
 """Where the time goes: training on the demo recipe and SOLO R50 inference, stage by stage.
 
 Run:   .venv/bin/python -m benchmarks.profile                   (both parts, ~6 min on 2 cores)
+       .venv/bin/python -m benchmarks.profile --parts=solov2      (~10 min on 2 AVX2 cores)
        .venv/bin/python -m benchmarks.profile --parts=inference --write_docs
 Prints markdown tables (the "## Profile" section of docs/benchmarks.md with ``--write_docs``).
 
@@ -16,6 +17,12 @@ Prints markdown tables (the "## Profile" section of docs/benchmarks.md with ``--
   without the image decoding and resizing) computing either all S^2 mask logits of the
   vanilla head or only the candidates' (``lazy_masks``, what the exports do; the decoupled
   head has one form only).
+
+* ``solov2`` (``--parts=solov2``, not in the default list): SOLOv2 R50 (or any model of
+  ``benchmarks.compare_models.FLAGFILES``, ``--solov2_models``) at batch 1, float32, at each
+  of ``--solov2_sizes``: backbone, + FPN, the mask feature branch and the category + kernel
+  towers each alone on captured FPN outputs, the network, the network + ``postprocess``, and
+  ``postprocess`` stage by stage. Section "## Profile: SOLOv2".
 
 Each row: the median wall time of ``--runs`` calls of a ``tf.function`` after 2 warm-up calls
 (the first traces). Prefix rows: a part's own cost is the difference between two rows.
@@ -331,8 +338,10 @@ def solov2_markdown(rows, runs: int) -> str:
             "`python -m benchmarks.profile --parts=solov2` on "
             f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, batch 1, random "
             f"weights; median of {runs} calls after 2 warm-up calls. The two head rows are "
-            "each half of the head alone on precomputed FPN outputs; the network row minus "
-            "the backbone + FPN row is the whole head.",
+            "each half of the head alone on precomputed FPN outputs, and the post-processing "
+            "rows each stage of `postprocess` alone on captured inputs: parts timed alone do "
+            "not add up to the whole, in which TensorFlow runs independent branches side by "
+            "side on the two cores.",
             "",
             "| model | padded input | what | ms |",
             "|---|---|---|---:|",
