@@ -69,14 +69,18 @@ def with_input_size(config: cfg.SOLOConfig, image_size) -> cfg.SOLOConfig:
     return dataclasses.replace(config, data=data)
 
 
+def numbered_label_map(num_classes: int) -> LabelMap:
+    """Category ids 1..num_classes named ``class_<id>``: the label map of random-weight models."""
+    ids = tuple(range(1, num_classes + 1))
+    return LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
+
+
 def write_model_dir(model_dir: str, head: str) -> None:
     """config.json, an 80-class label map and a random-weight checkpoint of SOLO R50 ``head``."""
     tf.keras.utils.set_random_seed(0)
     config = solo_config(head)
     model = factory.build_model(config.model)
-    ids = tuple(range(1, config.model.num_classes + 1))
-    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
-    model_dir_lib.write_metadata(model_dir, config, label_map)
+    model_dir_lib.write_metadata(model_dir, config, numbered_label_map(config.model.num_classes))
     model_dir_lib.save_model(model, model_dir)
 
 

@@ -49,7 +49,6 @@ from solo_tf import config as cfg  # noqa: E402
 from solo_tf import distribute, postprocess, train_lib  # noqa: E402
 from solo_tf import flags as solo_flags  # noqa: E402
 from solo_tf.data import inputs, shapes  # noqa: E402
-from solo_tf.data.label_map import LabelMap  # noqa: E402
 from solo_tf.detector import Detector  # noqa: E402
 from solo_tf.modeling import factory  # noqa: E402
 
@@ -73,6 +72,11 @@ SECTION = "## Profile"
 SOLOV2_SECTION = "## Profile: SOLOv2"
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 INFER_SIZE = (800, 1344)
+
+
+def _image_info(height: int, width: int):
+    """``image_info`` [1, 4, 2] of one image of that size fed as it is (scale 1, no offset)."""
+    return tf.constant([[[height, width], [height, width], [1, 1], [0, 0]]], tf.float32)
 
 
 def timed(fn, runs: int) -> float:
@@ -180,9 +184,10 @@ def profile_inference(runs: int) -> list[tuple[str, str, str, float]]:
     """Rows (model, dtype, what, milliseconds) at batch 1, 800 x 1344."""
     rows = []
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
-    info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
-    ids = tuple(range(1, 81))
-    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
+    info = _image_info(800, 1333)
+    from benchmarks.compare_models import numbered_label_map  # noqa: PLC0415 (Model Garden)
+
+    label_map = numbered_label_map(80)
     for head in _HEADS.value:
         config = cfg.SOLOConfig(model=cfg.ModelConfig(head_type=head))
         for dtype in _DTYPES.value:
@@ -224,7 +229,7 @@ def profile_postprocess(runs: int) -> list[tuple[str, float]]:
         model = factory.build_model(config.model)
     image = tf.random.uniform([1, *INFER_SIZE, 3], 0, 255)
     outputs = tf.function(lambda: model(image, training=False, lazy_masks=True))()
-    info = tf.constant([[[800, 1333], [800, 1333], [1, 1], [0, 0]]], tf.float32)
+    info = _image_info(800, 1333)
     return postprocess_stages(outputs, info, config, runs)
 
 
@@ -297,13 +302,16 @@ def _solov2_parts(target: str, height: int, width: int, runs: int) -> list[tuple
     config = compare_models.solo_config(target, (height, width))
     keras.utils.set_random_seed(0)
     model = factory.build_model(config.model)
-    ids = tuple(range(1, config.model.num_classes + 1))
-    label_map = LabelMap(ids=ids, names=tuple(f"class_{i}" for i in ids))
+    label_map = compare_models.numbered_label_map(config.model.num_classes)
     detector = Detector(model=model, config=config, label_map=label_map)
     image = tf.random.uniform([1, height, width, 3], 0, 255)
-    info = tf.constant([[[height, width], [height, width], [1, 1], [0, 0]]], tf.float32)
+    info = _image_info(height, width)
     head = model.head
-    fpn_out = tf.function(lambda: model.fpn(model.backbone(image), training=False))()
+
+    def with_fpn():
+        return model.fpn(model.backbone(image, training=False), training=False)
+
+    fpn_out = tf.function(with_fpn)()
 
     def grids():
         outputs = {}
@@ -313,7 +321,7 @@ def _solov2_parts(target: str, height: int, width: int, runs: int) -> list[tuple
 
     parts = (
         ("backbone", lambda: model.backbone(image, training=False)),
-        ("backbone + FPN", lambda: model.fpn(model.backbone(image), training=False)),
+        ("backbone + FPN", with_fpn),
         ("mask feature branch alone (on the FPN outputs)", lambda: head.mask_feature_head(fpn_out)),
         ("category + kernel towers alone, all levels (on the FPN outputs)", grids),
         ("network (backbone + FPN + head)", lambda: model(image, training=False)),
@@ -399,13 +407,12 @@ def main(argv):
     train_rows = profile_train(runs) if "train" in _PARTS.value else []
     infer_rows = profile_inference(runs) if "inference" in _PARTS.value else []
     post_rows = profile_postprocess(runs) if "postprocess" in _PARTS.value else []
+    sections = []
     if train_rows or infer_rows or post_rows:
-        section = markdown(train_rows, infer_rows, runs, post_rows)
-        print(section)
-        if _WRITE_DOCS.value:
-            replace_section(DOCS, section)
+        sections.append(markdown(train_rows, infer_rows, runs, post_rows))
     if "solov2" in _PARTS.value:
-        section = solov2_markdown(profile_solov2(runs), runs)
+        sections.append(solov2_markdown(profile_solov2(runs), runs))
+    for section in sections:
         print(section)
         if _WRITE_DOCS.value:
             replace_section(DOCS, section)

@@ -15,26 +15,26 @@ import collections
 import contextlib
 import io
 import json
+import os
 import statistics
 import sys
 
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from solo_tf import eval_lib  # noqa: E402
 
 
 def mask_ap(gt: COCO, detections: list, use_categories: bool) -> tuple[float, float]:
-    """(AP, AP50) of segm detections; class-agnostic when ``use_categories`` is False."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        # loadRes adds fields to the dicts it is given (a numpy bbox that a second call
-        # cannot take): hand it copies.
-        results = gt.loadRes([dict(d) for d in detections])
-        evaluation = COCOeval(gt, results, "segm")
-        evaluation.params.useCats = int(use_categories)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    """(AP, AP50) of segm detections (``eval_lib.evaluate_coco``); class-agnostic when
+    ``use_categories`` is False."""
+    # loadRes adds fields to the dicts it is given (a numpy bbox that a second call cannot
+    # take): hand it copies.
+    metrics = eval_lib.evaluate_coco(
+        gt, [dict(d) for d in detections], use_categories=use_categories
+    )
+    return metrics["AP"], metrics["AP50"]
 
 
 def match_objects(gt: COCO, detections: list, iou: float = 0.5) -> dict:

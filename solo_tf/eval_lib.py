@@ -100,6 +100,7 @@ def evaluate_coco(
     results: list[dict],
     per_category: bool = False,
     image_ids: Iterable[int] | None = None,
+    use_categories: bool = True,
 ) -> dict[str, float]:
     """Mask AP of ``results`` against a COCO ground truth (pycocotools, ``iouType='segm'``).
 
@@ -109,6 +110,8 @@ def evaluate_coco(
       per_category: also return ``"AP/<category name>"`` (IoU 0.5:0.95, all areas, 100
         detections; categories without ground truth are left out).
       image_ids: evaluate these images only (default: every image of the ground truth).
+      use_categories: False matches detections to objects whatever their classes
+        (pycocotools ``useCats=0``): the class-agnostic mask AP.
 
     Returns:
       ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as fractions, and COCO's -1 where
@@ -120,6 +123,7 @@ def evaluate_coco(
         coco_eval = COCOeval(coco_gt, coco_dt, iouType="segm")
         if image_ids is not None:
             coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
+        coco_eval.params.useCats = int(use_categories)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
