@@ -157,6 +157,9 @@ class DataConfig:
     # random crop to output_size when the image outgrows it. () is off.
     photometric_jitter: float = 0.0
     scale_jitter: tuple[float, ...] = ()
+    # Beyond the paper (off in its flagfiles; data/copy_paste.py): the probability that a
+    # training image receives objects cut out of the next image of the stream.
+    copy_paste: float = 0.0
     skip_empty: bool = True  # training: drop images without usable instances
     bad_sample_policy: Literal["error", "skip"] = "error"
     # Under "skip": stop with an error once more than this fraction of the images is skipped.
@@ -177,6 +180,8 @@ class DataConfig:
             )
         if not 0.0 <= self.photometric_jitter <= 1.0:
             raise ValueError(f"--photometric_jitter={self.photometric_jitter}: need 0 to 1")
+        if not 0.0 <= self.copy_paste <= 1.0:
+            raise ValueError(f"--copy_paste={self.copy_paste}: need a probability 0 to 1")
         jitter = tuple(self.scale_jitter)
         if jitter and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
             raise ValueError(

@@ -15,7 +15,7 @@ import random
 import tensorflow as tf
 
 from solo_tf import config as cfg
-from solo_tf.data import coco, geometry, pipeline, tfrecord
+from solo_tf.data import coco, copy_paste, geometry, pipeline, tfrecord
 from solo_tf.data.label_map import LabelMap
 
 
@@ -176,6 +176,7 @@ def train_dataset(
     ``skip_elements`` of this pipeline's stream (resume), decodes, augments and builds
     (``pipeline.make_train_map_fn``), drops bad samples under
     ``data.bad_sample_policy="skip"`` and images without positives under ``skip_empty``,
+    pastes objects between consecutive images under ``data.copy_paste`` (``copy_paste``),
     then batches and builds targets (``pipeline.batch_for_training``; padding: ``colour``,
     ``geometry.pad_colour`` of the model). ``seed``: the shuffle and augmentation seed
     (default ``base_seed(data)``).
@@ -188,7 +189,9 @@ def train_dataset(
     )
     if input_context is not None and input_context.num_input_pipelines > 1:
         stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    stream = stream.skip(skip_elements)
+    # Copy-paste makes one training image of two decoded ones, so a resumed run skips twice
+    # as many elements of the stream.
+    stream = stream.skip(skip_elements * (2 if data.copy_paste > 0 else 1))
     decoded = source.decode(stream, parallel, deterministic)
     map_fn = pipeline.make_train_map_fn(data, targets, seed)
     dataset = decoded.map(map_fn, num_parallel_calls=parallel, deterministic=deterministic)
@@ -199,6 +202,10 @@ def train_dataset(
         dataset = dataset.ignore_errors(log_warning=True)
     if data.skip_empty:
         dataset = dataset.filter(lambda element: pipeline.has_positives(element, targets))
+    if data.copy_paste > 0:
+        dataset = copy_paste.paired(
+            dataset, data.copy_paste, targets.max_instances, seed, parallel, deterministic
+        )
     dataset = pipeline.batch_for_training(
         dataset, data, targets, batch_size, colour, drop_remainder=drop_remainder
     )
