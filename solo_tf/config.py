@@ -157,6 +157,8 @@ class DataConfig:
     # random crop to output_size when the image outgrows it. () is off.
     photometric_jitter: float = 0.0
     scale_jitter: tuple[float, ...] = ()
+    # Shape jitter strength 0..1: an area-preserving stretch and a shear of image and masks.
+    shape_jitter: float = 0.0
     # Beyond the paper (off in its flagfiles; data/copy_paste.py): the probability that a
     # training image receives objects cut out of the next image of the stream.
     copy_paste: float = 0.0
@@ -180,6 +182,8 @@ class DataConfig:
             )
         if not 0.0 <= self.photometric_jitter <= 1.0:
             raise ValueError(f"--photometric_jitter={self.photometric_jitter}: need 0 to 1")
+        if not 0.0 <= self.shape_jitter <= 1.0:
+            raise ValueError(f"--shape_jitter={self.shape_jitter}: need 0 to 1")
         if not 0.0 <= self.copy_paste <= 1.0:
             raise ValueError(f"--copy_paste={self.copy_paste}: need a probability 0 to 1")
         jitter = tuple(self.scale_jitter)

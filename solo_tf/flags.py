@@ -81,6 +81,8 @@ HELP = {
     "saturation, hue, channel order); 0 is off, as in the paper.",
     "scale_jitter": "Training scale jitter lo,hi: the drawn size times a log-uniform factor, "
     "randomly cropped to output_size; empty is off, as in the paper.",
+    "shape_jitter": "Training shape jitter strength 0..1: image and masks stretched (aspect up "
+    "to exp(+-0.3 s)) and sheared (up to +-0.3 s) together; 0 is off, as in the paper.",
     "copy_paste": "Training copy-paste probability 0..1: an image receives a random half of "
     "the next image's objects (Ghiasi et al. 2021); 0 is off, as in the paper.",
     "skip_empty": "Drop training images without usable instances.",

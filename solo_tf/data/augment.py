@@ -150,6 +150,9 @@ def augment_for_training(
     image, masks = example["image"], tf.cast(example["masks"], tf.uint8)
     if config.photometric_jitter > 0:
         image = jitter.random_photometric(image, config.photometric_jitter, colour_seed)
+    if config.shape_jitter > 0:  # its own seed: the other draws stay what they were
+        shape_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        image, masks = jitter.random_shape_jitter(image, masks, config.shape_jitter, shape_seed)
     do_flip = tf.random.stateless_uniform([], flip_seed) < config.flip_probability
     image, masks = tf.cond(do_flip, lambda: flip_left_right(image, masks), lambda: (image, masks))
     size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side)

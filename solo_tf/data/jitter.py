@@ -1,4 +1,5 @@
-"""Training augmentations beyond the paper's (resize + flip): photometric and scale jitter.
+"""Training augmentations beyond the paper's (resize + flip): photometric, scale and shape
+(affine) jitter.
 
 Both are off by default and in the paper flagfiles (``DataConfig.photometric_jitter = 0``,
 ``DataConfig.scale_jitter = ()``), so those stay the authors' recipe; the CPU demo turns them on
@@ -14,6 +15,13 @@ so that its small model learns shapes rather than one generator's colours and si
   canvas is cropped to it at a random offset (the same window for the image and its masks), a
   smaller one padded at the bottom/right. Instances left without a pixel are dropped by the
   caller.
+* Shape jitter (strength s in [0, 1]) on the decoded image and its masks, before any resize:
+  an area-preserving stretch by sqrt(a) along x and 1 / sqrt(a) along y (a log-uniform in
+  exp(+-0.3 s)) and a shear x += k y (k uniform in +-0.3 s), about the image centre, so that
+  squares become rectangles and parallelograms, regular triangles and stars irregular ones.
+  The image is resampled bilinearly, the masks by nearest neighbour; pixels mapped from outside
+  the image take its mean colour and belong to no mask. Instances left without a pixel are
+  dropped by the caller.
 
 Randomness is stateless: every draw takes a seed derived from the element's seed.
 """
@@ -114,3 +122,60 @@ def crop_to_canvas(
     image = tf.pad(tf.cast(image, tf.float32), [*pad, [0, 0]])
     masks = tf.pad(masks, [[0, 0], *pad])
     return tf.ensure_shape(image, [height, width, 3]), tf.ensure_shape(masks, [None, height, width])
+
+
+def affine_transform(image: tf.Tensor, masks: tf.Tensor, matrix: tf.Tensor):
+    """Warps image [H, W, 3] and masks [N, H, W] with one output-to-input affine map.
+
+    ``matrix`` float32 [6] ``(a0, a1, a2, b0, b1, b2)``: output pixel (x, y) takes the input at
+    ``(a0 x + a1 y + a2, b0 x + b1 y + b2)`` (pixel indices). The image is sampled bilinearly,
+    the masks by nearest neighbour; outside the input the image takes its mean colour and the
+    masks 0. Returns image float32 [H, W, 3], masks uint8 [N, H, W].
+    """
+    image = tf.cast(image, tf.float32)
+    size = tf.shape(image)[:2]
+    transform = tf.concat([tf.cast(matrix, tf.float32), tf.zeros([2])], axis=0)[None]  # [1, 8]
+
+    def warp(x, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=transform,
+            output_shape=size,
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )
+
+    inside = tf.ones_like(image[None, :, :, :1])
+    warped = warp(tf.concat([image[None], inside], axis=-1), "BILINEAR")[0]  # [H, W, 4]
+    mean = tf.reduce_mean(image, axis=[0, 1])
+    weight = warped[:, :, 3:]  # 1 inside, 0 outside, between at the border
+    image = warped[:, :, :3] + (1.0 - weight) * mean
+    # Instances as channels, after an empty one (the op refuses zero channels when N == 0).
+    masks = tf.concat([tf.zeros_like(masks[:1]), tf.cast(masks, masks.dtype)], axis=0)
+    masks_hwn = tf.transpose(tf.cast(masks, tf.float32), [1, 2, 0])[None]  # [1, H, W, N + 1]
+    masks = tf.transpose(tf.cast(warp(masks_hwn, "NEAREST")[0], tf.uint8), [2, 0, 1])[1:]
+    return tf.clip_by_value(image, 0.0, 255.0), masks
+
+
+def shape_matrix(size_hw: tf.Tensor, stretch: tf.Tensor, shear: tf.Tensor) -> tf.Tensor:
+    """float32 [6]: the output-to-input map of a stretch (x by sqrt(stretch), y by its
+    inverse) and a shear (x += shear * y) about the centre of an image of ``size_hw``."""
+    cy, cx = tf.unstack((tf.cast(size_hw, tf.float32) - 1.0) / 2.0)
+    root = tf.sqrt(tf.cast(stretch, tf.float32))
+    shear = tf.cast(shear, tf.float32)
+    # The forward map [[root, shear / root], [0, 1 / root]] (stretch, then shear; determinant
+    # 1) has the inverse [[1 / root, -shear / root], [0, root]], applied about the centre.
+    a0, a1 = 1.0 / root, -shear / root
+    b1 = root
+    return tf.stack([a0, a1, cx - a0 * cx - a1 * cy, 0.0, b1, cy - b1 * cy])
+
+
+def random_shape_jitter(image: tf.Tensor, masks: tf.Tensor, strength: float, seed: tf.Tensor):
+    """``affine_transform`` with a stretch and a shear of strength ``strength`` (module doc)."""
+    stretch_seed, shear_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    s = float(strength)
+    log_a = tf.random.stateless_uniform([], stretch_seed, minval=-0.3 * s, maxval=0.3 * s)
+    shear = tf.random.stateless_uniform([], shear_seed, minval=-0.3 * s, maxval=0.3 * s)
+    matrix = shape_matrix(tf.shape(image)[:2], tf.exp(log_a), shear)
+    return affine_transform(image, masks, matrix)

@@ -186,3 +186,75 @@ def test_jitter_config_is_validated():
         DataConfig(photometric_jitter=1.5)
     with pytest.raises(ValueError, match="scale_jitter"):
         DataConfig(scale_jitter=(2.0, 1.0))
+
+
+def test_shape_matrix_identity_and_inverse_of_stretch_and_shear():
+    np.testing.assert_allclose(jitter.shape_matrix([5, 7], 1.0, 0.0).numpy(), [1, 0, 0, 0, 1, 0])
+    # Stretch 4 (x by 2, y by 1/2) and shear 1 about the centre (3, 2) of a 5 x 7 image: the
+    # output-to-input map is x_in = (x - 3) / 2 - (y - 2) / 2 + 3, y_in = 2 (y - 2) + 2.
+    np.testing.assert_allclose(
+        jitter.shape_matrix([5, 7], 4.0, 1.0).numpy(), [0.5, -0.5, 2.5, 0, 2, -2], atol=1e-6
+    )
+
+
+def test_affine_transform_shear_hand_worked():
+    # x_in = x - (y - 2), y_in = y on a 5 x 5 image: input column 2 becomes the diagonal x = y.
+    masks = np.zeros([1, 5, 5], np.uint8)
+    masks[0, :, 2] = 1
+    image = np.repeat((masks[0] * 200.0 + 10.0)[..., None], 3, axis=-1)  # mean 50
+    matrix = tf.constant([1.0, -1.0, 2.0, 0.0, 1.0, 0.0])
+    out_image, out_masks = jitter.affine_transform(tf.constant(image), tf.constant(masks), matrix)
+    np.testing.assert_array_equal(out_masks.numpy()[0], np.eye(5, dtype=np.uint8))
+    expected = np.where(np.eye(5) > 0, 210.0, 10.0)
+    # Output pixels whose input lies outside the image (x - y + 2 outside 0..4) take the mean.
+    x, y = np.meshgrid(np.arange(5), np.arange(5))
+    outside = (x - y + 2 < 0) | (x - y + 2 > 4)
+    expected[outside] = 50.0
+    np.testing.assert_allclose(out_image.numpy()[..., 0], expected, atol=1e-4)
+    assert out_masks.dtype == tf.uint8 and out_image.dtype == tf.float32
+
+
+def test_shape_jitter_strength_zero_is_identity_and_no_instances_work():
+    example = _corners_example()
+    image, masks = jitter.random_shape_jitter(
+        example["image"], example["masks"], 0.0, tf.constant([1, 2], tf.int64)
+    )
+    np.testing.assert_allclose(image.numpy(), example["image"].numpy().astype(np.float32))
+    np.testing.assert_array_equal(masks.numpy(), example["masks"].numpy())
+    _, none = jitter.random_shape_jitter(
+        example["image"], tf.zeros([0, 32, 32], tf.uint8), 1.0, tf.constant([1, 2], tf.int64)
+    )
+    assert none.shape == (0, 32, 32)
+
+
+def test_shape_jitter_moves_image_and_masks_together_inside_tf_data_map():
+    """A centred 16 x 16 square, image = 200 inside: after the warp the mask still covers the
+    bright pixels (bilinear image against nearest-neighbour masks: borders may differ)."""
+    masks = np.zeros([1, 32, 32], np.uint8)
+    masks[0, 8:24, 8:24] = 1
+    example = {
+        "image": tf.constant(np.repeat((masks[0] * 200)[..., None], 3, axis=-1)),
+        "masks": tf.constant(masks),
+        "classes": tf.constant([3], tf.int32),
+        "is_crowd": tf.constant([False]),
+        "image_id": tf.constant(5, tf.int64),
+    }
+    config = DataConfig(**{**JITTER.__dict__, "scale_jitter": (), "shape_jitter": 1.0})
+    dataset = tf.data.Dataset.from_tensors(example).repeat(12).enumerate()
+    dataset = dataset.map(
+        lambda i, ex: augment_for_training(ex, config, tf.stack([tf.constant(0, tf.int64), i])),
+        num_parallel_calls=2,
+    )
+    widths = set()
+    for element in dataset:
+        mask = element["masks"].numpy()[0] > 0
+        bright = element["image"].numpy()[..., 0] > 100
+        assert (mask & bright).sum() >= 0.9 * max(mask.sum(), bright.sum())
+        assert 200 <= mask.sum() <= 312  # area kept up to the resampling: 256 before
+        widths.add(int(mask.any(axis=0).sum()))
+    assert len(widths) > 2  # stretched and sheared differently
+
+
+def test_shape_jitter_config_is_validated():
+    with pytest.raises(ValueError, match="shape_jitter"):
+        DataConfig(shape_jitter=-0.1)
