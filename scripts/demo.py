@@ -26,22 +26,36 @@ PY = os.environ.get("PYTHON", sys.executable)
 # DEMO_FLAGFILE picks another recipe (e.g. experiments/shapes_solov2.flags) for the same stages.
 FLAGFILE = os.environ.get("DEMO_FLAGFILE", "experiments/shapes.flags")
 BUDGET_S = 15 * 60
-# Calibration of the estimate, from make demo runs (README, "What make demo does"): training
-# images per second per GFLOP/s of matmul peak in the training precision, and the other stages'
-# (generate, evaluate twice, export, predict) seconds times GFLOP/s.
-IMAGES_PER_S_PER_GFLOPS = 0.018  # 13.9 img/s at 925 (AMX), 7.5 at 409 (AVX-512), 1.9 at 96
-OTHER_STAGES_GFLOP = 50000.0  # ~400 s at 103 GFLOP/s (AVX2, 2026-11-30, 320 x 320 variant)
+# Calibration of the estimate, from make demo runs (README, "What make demo does"). Training
+# runs at TRAIN_EFFICIENCY * (matmul peak in the training precision) / (the recipe's forward
+# GFLOPs per image at its canvas) images per second: 0.167 on an AVX2 CPU in float32 (1.9
+# img/s, 9.25 GFLOPs, 105 GFLOP/s) and 0.17 on issue 15's AVX-512 BF16 CPU in bfloat16 (7.5
+# img/s, 9.25, 409), both with the 384 x 384 recipe; 0.139 on the AMX CPU (13.9 img/s at 925).
+# The other stages (generate, evaluate twice, export, predict) take OTHER_STAGES_GFLOP / peak s.
+TRAIN_EFFICIENCY = 0.165
+# 244 s on the AVX2 CPU (probe 78-153 GFLOP/s, 2026-12-01) with the 320 x 320 small-model recipe.
+OTHER_STAGES_GFLOP = 30000.0
 # oneDNN's kernels: on by default only on CPUs with AVX-512; on an AVX2-only CPU they make the
 # demo's training step 1.27x faster (1.9 against 1.5 images/s, docs/benchmarks.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+# Measures the matmul peak in the precision training will use, and counts the recipe's
+# forward FLOPs per image at its canvas (benchmarks.flops; inference mode, same convolutions).
 PROBE = """
 import json, sys
+import tensorflow as tf
+from benchmarks.flops import function_flops
 from benchmarks.machine_peak import matmul_peak
-from solo_tf import hardware
+from solo_tf import flags, hardware
+from solo_tf.modeling import factory
 dtype = hardware.resolve_mixed_precision(sys.argv[1]) or "float32"
 peak = matmul_peak(dtype, n=1024, runs=5)
-print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"]}))
+config = flags.config_from_args([f"--flagfile={sys.argv[2]}", "--model_dir=unused"], "demo")
+model = factory.build_model(config.model)
+spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)
+forward = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"],
+                  "forward_gflops_per_image": forward}))
 """
 
 
@@ -53,20 +67,31 @@ def _flag(name: str) -> str:
     raise KeyError(name)
 
 
+def expected_seconds(images: int, forward_gflops: float, peak_gflops: float) -> tuple[float, float]:
+    """(training, whole demo) seconds expected for ``images`` training images of a recipe whose
+    forward pass costs ``forward_gflops`` per image, on a machine of ``peak_gflops``."""
+    train_s = images * forward_gflops / (TRAIN_EFFICIENCY * peak_gflops)
+    return train_s, train_s + OTHER_STAGES_GFLOP / peak_gflops
+
+
 def estimate(summary: dict) -> None:
     """Measures the machine, prints the expected wall time, warns when over the budget."""
     precision = _flag("mixed_precision")  # what training will resolve it to, it measures
-    out = subprocess.run([PY, "-c", PROBE, precision], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [PY, "-c", PROBE, precision, FLAGFILE], capture_output=True, text=True, check=True
+    )
     machine = json.loads(out.stdout.strip().splitlines()[-1])
     images = int(_flag("total_steps")) * int(_flag("global_batch_size"))
-    train_s = images / (IMAGES_PER_S_PER_GFLOPS * machine["gflops"])
-    total_s = train_s + OTHER_STAGES_GFLOP / machine["gflops"]
+    train_s, total_s = expected_seconds(
+        images, machine["forward_gflops_per_image"], machine["gflops"]
+    )
     summary["machine"] = machine
     summary["estimate_s"] = {"train": round(train_s), "total": round(total_s)}
     print(
         f"[demo] this machine: {machine['cpu']}; training in {machine['dtype']}, matmul peak "
-        f"{machine['gflops']:.0f} GFLOP/s. Expected: about {total_s / 60:.0f} min in all "
-        f"(training {train_s / 60:.0f} min).",
+        f"{machine['gflops']:.0f} GFLOP/s; the recipe: {images} training images of "
+        f"{machine['forward_gflops_per_image']:.2f} GFLOPs forward. Expected: about "
+        f"{total_s / 60:.0f} min in all (training {train_s / 60:.0f} min).",
         flush=True,
     )
     if total_s > 1.3 * BUDGET_S:

@@ -1,0 +1,58 @@
+"""scripts/demo.py's time estimate: the formula by hand, and its machine probe on a tiny recipe."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from benchmarks.flops import function_flops
+from solo_tf import flags as solo_flags
+from solo_tf.modeling import factory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.flags")
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_expected_seconds_by_hand():
+    demo = load_demo()
+    # 13600 images of 9.25 GFLOPs at 0.165 * 105 GFLOP/s: 13600 * 9.25 / 17.325 = 7261.2 s.
+    train_s, total_s = demo.expected_seconds(13600, 9.25, 105.0)
+    assert train_s == pytest.approx(13600 * 9.25 / (demo.TRAIN_EFFICIENCY * 105.0))
+    assert train_s == pytest.approx(7261.2, abs=0.1)
+    assert total_s - train_s == pytest.approx(demo.OTHER_STAGES_GFLOP / 105.0)
+    # Twice the peak, half the time; a third of the FLOPs, a third of the training.
+    assert demo.expected_seconds(13600, 9.25, 210.0)[1] == pytest.approx(total_s / 2)
+    assert demo.expected_seconds(13600, 9.25 / 3, 105.0)[0] == pytest.approx(train_s / 3)
+
+
+def test_probe_counts_the_recipe_forward_flops():
+    demo = load_demo()
+    out = subprocess.run(
+        [sys.executable, "-c", demo.PROBE, "float32", TINY],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    machine = json.loads(out.stdout.strip().splitlines()[-1])
+    assert machine["dtype"] == "float32" and machine["gflops"] > 0
+    config = solo_flags.config_from_args([f"--flagfile={TINY}", "--model_dir=unused"], "test")
+    model = factory.build_model(config.model)
+    spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)
+    expected = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+    assert machine["forward_gflops_per_image"] == pytest.approx(expected, rel=1e-6)
+    assert 0.1 < expected < 5.0  # the tiny recipe at 128 x 128
