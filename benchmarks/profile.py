@@ -5,12 +5,13 @@ Run:   .venv/bin/python -m benchmarks.profile                   (both parts, ~6 
        .venv/bin/python -m benchmarks.profile --parts=inference --write_docs
 Prints markdown tables (the "## Profile" section of docs/benchmarks.md with ``--write_docs``).
 
-* ``train``: ``experiments/shapes.flags`` (the ``make demo`` model, bfloat16, batch 8 at
-  384 x 384) on the embedded dataset written to a temporary folder. Rows: the input pipeline
-  alone (``inputs.train_input_fn``: PNG decoding, augmentation, targets); the full training
-  step alone on one batch held in memory (``train_lib`` loop: forward, loss, backward, clip,
-  AdamW); forward only; and forward+backward of growing prefixes of the network (backbone,
-  + FPN, + head) with a plain sum as the loss, so that differences give each part's share.
+* ``train``: ``experiments/shapes.flags`` (the ``make demo`` recipe, in its
+  ``--mixed_precision=auto`` precision) on the embedded dataset written to a temporary
+  folder. Rows: the input pipeline alone (``inputs.train_input_fn``: PNG decoding,
+  augmentation, targets); the full training step alone on one batch held in memory
+  (``train_lib`` loop: forward, loss, backward, clip, AdamW); forward only; and
+  forward+backward of growing prefixes of the network (backbone, + FPN, + head) with a plain
+  sum as the loss, so that differences give each part's share.
 * ``inference``: the default ``ModelConfig`` (SOLO R50 and Decoupled SOLO R50, 80 classes,
   random weights) at batch 1, 800 x 1344, float32 and bfloat16 (``mixed_bfloat16``): the
   backbone, + FPN, the whole network, and network + ``postprocess`` (the exported graph
@@ -370,8 +371,7 @@ def markdown(train_rows, infer_rows, runs: int, post_rows=()) -> str:
     ]
     if train_rows:
         lines += [
-            "Training, the `make demo` recipe (`experiments/shapes.flags`: Decoupled SOLO, "
-            "narrow ResNet-18, bfloat16, batch 8 at 384 x 384), per batch:",
+            "Training, the `make demo` recipe (`experiments/shapes.flags`), per batch:",
             "",
             "| what | ms per batch | note |",
             "|---|---:|---|",

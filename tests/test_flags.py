@@ -35,7 +35,7 @@ def test_defaults_give_the_default_config():
 
 
 def test_flagfiles_parse_into_configs():
-    for name in ("r50", "r101", "decoupled_r50", "shapes", "shapes_solov2", "tiny"):
+    for name in ("r50", "r101", "decoupled_r50", "shapes", "shapes_384", "shapes_solov2", "tiny"):
         path = os.path.join(ROOT, "experiments", f"{name}.flags")
         config = solo_flags.config_from_flags(parse([f"--flagfile={path}"]))
         assert config.model.num_grids == config.targets.num_grids
@@ -107,12 +107,12 @@ def test_solov2_flagfiles_are_the_authors_configs():
             assert word in header, f"{name}.flags header lacks {word}"
 
 
-def test_shapes_solov2_differs_from_the_demo_recipe_only_in_its_head():
+def test_shapes_solov2_differs_from_the_384_demo_recipe_only_in_its_head():
     """Issue 13's side-by-side: same backbone, data, targets, schedule; only the head."""
 
     demo, v2 = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in ("shapes.flags", "shapes_solov2.flags")
+        for name in ("shapes_384.flags", "shapes_solov2.flags")
     )
     assert v2.model.head_type == "solov2" and demo.model.head_type == "decoupled"
     assert (v2.model.mask_feature_channels, v2.model.mask_feature_mid) == (64, 64)
