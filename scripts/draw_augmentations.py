@@ -55,7 +55,7 @@ def elements(config: DataConfig, count: int, seed: int) -> list[dict]:
     dataset = inputs.train_dataset(
         source, config, TargetConfig(), 1, seed=seed, shuffle=False, repeat=True
     )
-    return [{k: v for k, v in b.items()} for b in dataset.take(count)]
+    return list(dataset.take(count))
 
 
 def draw(ax, batch: dict, stride: int) -> None:

@@ -25,18 +25,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from solo_tf.data import geometry
+
 SELECT_PROBABILITY = 0.5  # of each source instance, as the paper's "random subset"
-
-
-def image_area(image_info: tf.Tensor, height, width) -> tf.Tensor:
-    """bool [H, W]: the pixels of the image itself in its padded [H, W] frame.
-
-    The image occupies the top-left ``image_info[1] - image_info[3]`` pixels (its scaled size
-    less its crop offset), as ``geometry.fill_padding`` assumes."""
-    valid = image_info[1] - image_info[3]
-    rows = tf.range(tf.cast(height, tf.float32)) < valid[0]
-    cols = tf.range(tf.cast(width, tf.float32)) < valid[1]
-    return rows[:, None] & cols[None, :]
 
 
 def paste(
@@ -52,7 +43,7 @@ def paste(
     target's element with the pasted objects (the module doc's rules).
     """
     height, width = tf.shape(target["image"])[0], tf.shape(target["image"])[1]
-    area = image_area(target["image_info"], height, width)  # [H, W]
+    area = geometry.image_area(target["image_info"], height, width)  # [H, W]
     pasted = tf.boolean_mask(source["masks"], chosen) > 0  # [Np, H, W]
     pasted = pasted & area[None]
     keep_pasted = tf.reduce_any(pasted, axis=[1, 2])  # cut to nothing by the target's area

@@ -89,17 +89,26 @@ def pad_image(image: tf.Tensor, size_hw: tf.Tensor, colour) -> tf.Tensor:
     return tf.where(inside, padded, tf.constant(colour, tf.float32))
 
 
+def image_area(image_info: tf.Tensor, height, width) -> tf.Tensor:
+    """bool [..., H, W]: the pixels of each image itself in its padded [H, W] frame.
+
+    ``image_info`` is [..., 4, 2]; an image occupies the top-left ``image_info[1] -
+    image_info[3]`` pixels (its scaled size less its crop offset, 0 without a random crop).
+    """
+    valid = image_info[..., 1, :] - image_info[..., 3, :]  # [..., 2]
+    rows = tf.range(tf.cast(height, tf.float32)) < valid[..., :1]  # [..., H]
+    cols = tf.range(tf.cast(width, tf.float32)) < valid[..., 1:]  # [..., W]
+    return rows[..., :, None] & cols[..., None, :]
+
+
 def fill_padding(images: tf.Tensor, image_info: tf.Tensor, colour) -> tf.Tensor:
     """Sets every pixel of float32 [B, H, W, 3] outside each image to ``colour`` (RGB).
 
-    Image b occupies the top-left ``image_info[b, 1] - image_info[b, 3]`` pixels (its scaled
-    size less its crop offset, 0 without a random crop); its pixels are unchanged to the bit.
+    Image b occupies ``image_area`` of its ``image_info[b]``; its pixels are unchanged to the
+    bit.
     """
     shape = tf.shape(images)
-    valid = image_info[:, 1] - image_info[:, 3]  # [B, 2]
-    rows = tf.range(tf.cast(shape[1], tf.float32))[None, :] < valid[:, :1]  # [B, H]
-    cols = tf.range(tf.cast(shape[2], tf.float32))[None, :] < valid[:, 1:]  # [B, W]
-    inside = rows[:, :, None, None] & cols[:, None, :, None]  # [B, H, W, 1]
+    inside = image_area(image_info, shape[1], shape[2])[..., None]  # [B, H, W, 1]
     return tf.where(inside, images, tf.constant(colour, tf.float32))
 
 

@@ -152,7 +152,7 @@ def affine_transform(image: tf.Tensor, masks: tf.Tensor, matrix: tf.Tensor):
     weight = warped[:, :, 3:]  # 1 inside, 0 outside, between at the border
     image = warped[:, :, :3] + (1.0 - weight) * mean
     # Instances as channels, after an empty one (the op refuses zero channels when N == 0).
-    masks = tf.concat([tf.zeros_like(masks[:1]), tf.cast(masks, masks.dtype)], axis=0)
+    masks = tf.concat([tf.zeros_like(masks[:1]), masks], axis=0)
     masks_hwn = tf.transpose(tf.cast(masks, tf.float32), [1, 2, 0])[None]  # [1, H, W, N + 1]
     masks = tf.transpose(tf.cast(warp(masks_hwn, "NEAREST")[0], tf.uint8), [2, 0, 1])[1:]
     return tf.clip_by_value(image, 0.0, 255.0), masks
