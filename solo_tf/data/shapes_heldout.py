@@ -59,22 +59,6 @@ class HeldoutImage(shapes_render.RenderedImage):
 # Backgrounds: float32 [H, W, 3].
 
 
-def _far_colour(rng: np.random.Generator, colour: np.ndarray, low: float, high: float):
-    """A colour at an RGB distance in [low, high] from colour, inside [0, 255]: the first of a
-    few random directions that clipping leaves at least 95% of the distance, else the best."""
-    distance = rng.uniform(low, high)
-    best, best_distance = colour, -1.0
-    for _ in range(8):
-        direction = rng.normal(size=3)
-        candidate = np.clip(colour + direction * (distance / np.linalg.norm(direction)), 0, 255)
-        reached = float(np.linalg.norm(candidate - colour))
-        if reached >= 0.95 * distance:
-            return candidate
-        if reached > best_distance:
-            best, best_distance = candidate, reached
-    return best
-
-
 def _pixel_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel row and column indices, float32 (y [H, 1], x [1, W])."""
     return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
@@ -83,7 +67,7 @@ def _pixel_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 def _checker(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Two colours in hard-edged cells (often oblong) on a grid turned by a random angle."""
     first = rng.uniform(30, 225, size=3)
-    second = _far_colour(rng, first, 40, 90)
+    second = shapes_render.far_colour(rng, first, 40, 90)
     angle = rng.uniform(0, math.pi / 2)
     cell_u, cell_v = rng.uniform(8, 48, size=2)
     yy, xx = _pixel_coords(h, w)
@@ -96,7 +80,7 @@ def _checker(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def _duotone(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A strong gradient between two distant colours, linear or radial, full image."""
     first = rng.uniform(0, 255, size=3)
-    second = _far_colour(rng, first, 150, 250)
+    second = shapes_render.far_colour(rng, first, 150, 250)
     y, x = shapes_render._coords(h, w)
     if rng.random() < 0.5:
         angle = rng.uniform(0, 2 * math.pi)
@@ -302,16 +286,6 @@ class _HeldoutCanvas(shapes_render._Canvas):
         super().__init__(background, min_visible_fraction=MIN_VISIBLE_FRACTION)
         self.family = family
         self.fills = [""]  # index = instance id
-
-    def _second_colour(self, rng, y0: int, x0: int, mask: np.ndarray, first: np.ndarray):
-        """A colour 50-110 away from the first that keeps the background contrast."""
-        window = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
-        under = self.image[window][mask].mean(axis=0)
-        for _ in range(20):
-            colour = _far_colour(rng, first, 50, 110)
-            if np.linalg.norm(colour - under) >= 0.8 * shapes_render.MIN_BACKGROUND_DISTANCE:
-                return colour
-        return first
 
     def _texture(self, rng, y0: int, x0: int, mask: np.ndarray, fill: str):
         if fill in ("shaded", "stroke"):  # a hollow outline is painted like a solid shape

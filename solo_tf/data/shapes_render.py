@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 CATEGORIES = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -21,6 +21,13 @@ CATEGORIES = [
 ]
 DISTRACTORS = ("ellipse", "cross", "line", "ring")
 BACKGROUNDS = ("gradient", "stripes", "blotches", "noise")  # train and val only
+# The training split's extra looks (``render_image(..., variety=p)``; ``make demo`` draws its
+# train split with p = 0.5, its val split with none). No family here is one the held-out style
+# uses: they widen what a category looks like in training without showing the held-out look.
+VARIED_BACKGROUNDS = ("mosaic", "bars")  # hard-edged, unlike the smooth BACKGROUNDS
+VARIED_FILLS = ("blotched", "dotted", "banded", "bordered")  # besides "shaded"
+MAX_LOG_STRETCH = 0.25  # a varied polygon's aspect is exp(+-this), area kept
+MAX_SHEAR = 0.25
 
 MAX_OBJECTS = 12
 MIN_VISIBLE_AREA = 16  # pixels; smaller visible parts are not annotated
@@ -100,6 +107,54 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return image
 
 
+def far_colour(rng: np.random.Generator, colour: np.ndarray, low: float, high: float):
+    """A colour at an RGB distance in [low, high] from colour, inside [0, 255]: the first of a
+    few random directions that clipping leaves at least 95% of the distance, else the best."""
+    distance = rng.uniform(low, high)
+    best, best_distance = colour, -1.0
+    for _ in range(8):
+        direction = rng.normal(size=3)
+        candidate = np.clip(colour + direction * (distance / np.linalg.norm(direction)), 0, 255)
+        reached = float(np.linalg.norm(candidate - colour))
+        if reached >= 0.95 * distance:
+            return candidate
+        if reached > best_distance:
+            best, best_distance = candidate, reached
+    return best
+
+
+def _mosaic(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.ndarray:
+    """Hard-edged cells of a Voronoi tiling, each one of 2 to 4 colours near the base."""
+    palette = np.stack([base] + [far_colour(rng, base, 25, 70) for _ in range(rng.integers(1, 4))])
+    seeds = rng.uniform((0, 0), (h, w), size=(int(rng.integers(6, 40)), 2))
+    cell_colours = palette[rng.integers(len(palette), size=len(seeds))]
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    nearest = np.zeros((h, w), np.int32)
+    best = np.full((h, w), np.inf, np.float32)
+    for k, (sy, sx) in enumerate(seeds):
+        distance = (yy - sy) ** 2 + (xx - sx) ** 2
+        closer = distance < best
+        nearest[closer], best[closer] = k, distance[closer]
+    return cell_colours[nearest].astype(np.float32)
+
+
+def _bars(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.ndarray:
+    """Hard-edged parallel bars of two colours at a random angle, period and duty cycle."""
+    second = far_colour(rng, base, 25, 70)
+    angle, period, duty = rng.uniform(0, math.pi), rng.uniform(8, 60), rng.uniform(0.3, 0.7)
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    on = (((math.cos(angle) * xx + math.sin(angle) * yy) / period) % 1.0 < duty)[..., None]
+    return np.where(on, second, base).astype(np.float32)
+
+
+def varied_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """One of VARIED_BACKGROUNDS with a little grain, float32 [H, W, 3]."""
+    kind = VARIED_BACKGROUNDS[int(rng.integers(len(VARIED_BACKGROUNDS)))]
+    base = rng.uniform(30, 225, size=3)
+    image = _mosaic(rng, h, w, base) if kind == "mosaic" else _bars(rng, h, w, base)
+    return image + rng.normal(0, rng.uniform(0, 3), size=(h, w, 1)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------
 # Shapes: each is a list of (vertices [V, 2] as (x, y) around the origin, fill 0/1) plus
 # its nominal area.
@@ -135,6 +190,13 @@ def _category_outline(rng: np.random.Generator, name: str) -> np.ndarray:
         inner = _regular(points, rng.uniform(0.38, 0.55), start=-math.pi / 2 + math.pi / points)
         return np.stack([outer, inner], axis=1).reshape(-1, 2)
     raise ValueError(f"unknown category {name!r}")
+
+
+def stretch_and_shear(vertices: np.ndarray, log_stretch: float, shear: float) -> np.ndarray:
+    """Vertices [V, 2] stretched along x by exp(log_stretch), squeezed along y by the same
+    factor, then sheared (x += shear * y): an area-preserving affine map."""
+    stretch = math.exp(log_stretch)
+    return vertices @ np.array([[stretch, 0.0], [shear / stretch, 1.0 / stretch]])
 
 
 def _distractor_parts(rng: np.random.Generator, kind: str) -> list[tuple[np.ndarray, int]]:
@@ -179,6 +241,35 @@ def _rasterize(
     for vertices, fill in parts:
         draw.polygon([(float(px - x0), float(py - y0)) for px, py in vertices], fill=fill)
     return y0, x0, np.asarray(crop, dtype=bool)
+
+
+def fill_pattern(rng: np.random.Generator, fill: str, mask: np.ndarray) -> np.ndarray:
+    """Where a VARIED_FILLS fill takes its second colour: float32 [h', w'] in [0, 1] over the
+    mask's window (0: the first colour). ``mask`` is the shape's bool [h', w'] window."""
+    hh, ww = mask.shape
+    yy, xx = np.arange(hh, dtype=np.float32)[:, None], np.arange(ww, dtype=np.float32)[None, :]
+    if fill == "blotched":  # soft two-colour camouflage
+        noise = _smooth_noise(rng, hh, ww, int(rng.integers(2, 6)))[..., 0]
+        return np.clip(noise * 1.5 + 0.5, 0.0, 1.0)
+    if fill == "dotted":  # round dots on a turned square grid
+        spacing = rng.uniform(5, 12)
+        radius = rng.uniform(0.25, 0.42)
+        angle = rng.uniform(0, math.pi / 2)
+        u = (math.cos(angle) * xx + math.sin(angle) * yy) / spacing
+        v = (math.cos(angle) * yy - math.sin(angle) * xx) / spacing
+        return (((u - np.round(u)) ** 2 + (v - np.round(v)) ** 2) < radius**2).astype(np.float32)
+    if fill == "banded":  # hard concentric bands around the shape's centre
+        rows, cols = np.nonzero(mask)
+        distance = np.sqrt((yy - rows.mean()) ** 2 + (xx - cols.mean()) ** 2)
+        return (np.floor(distance / rng.uniform(3, 9)) % 2).astype(np.float32)
+    if fill == "bordered":  # a solid shape with an inner rim of the second colour
+        radius = math.sqrt(mask.sum() / math.pi)
+        width = int(np.clip(round(rng.uniform(0.1, 0.25) * radius), 1, 8))
+        padded = Image.fromarray(np.pad(mask, width).astype(np.uint8) * 255)
+        inner = np.asarray(padded.filter(ImageFilter.MinFilter(2 * width + 1)))
+        inner = inner[width:-width, width:-width] > 0
+        return (mask & ~inner).astype(np.float32)
+    raise ValueError(f"unknown fill {fill!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -246,8 +337,24 @@ class _Canvas:
             return True
         return False
 
+    def _second_colour(self, rng, y0: int, x0: int, mask: np.ndarray, first: np.ndarray):
+        """A colour 50-110 away from the first that keeps the background contrast."""
+        window = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
+        under = self.image[window][mask].mean(axis=0)
+        for _ in range(20):
+            colour = far_colour(rng, first, 50, 110)
+            if np.linalg.norm(colour - under) >= 0.8 * MIN_BACKGROUND_DISTANCE:
+                return colour
+        return first
+
     def _texture(self, rng, y0: int, x0: int, mask: np.ndarray, fill: str):
         """(base colour [3], float32 [h', w', 3] to paint under the mask) of one fill style."""
+        if fill in VARIED_FILLS:
+            first = self._pick_colour(rng, y0, x0, mask)
+            second = self._second_colour(rng, y0, x0, mask, first)
+            t = fill_pattern(rng, fill, mask)[..., None]  # [h', w', 1] in [0, 1]
+            texture = first + t * (second - first)
+            return first + t[mask].mean() * (second - first), texture.astype(np.float32)
         if fill != "shaded":
             raise ValueError(f"unknown fill {fill!r}")
         colour = self._pick_colour(rng, y0, x0, mask)
@@ -312,29 +419,54 @@ def _object_area(rng: np.random.Generator, h: int, w: int) -> float:
     return _log_uniform(rng, min(low, high), high)
 
 
-def _random_shape(rng: np.random.Generator, item: int, h: int, w: int):
-    """(parts, nominal area, category id or 0) of item: a category index, or -1 - distractor."""
+def _random_shape(rng: np.random.Generator, item: int, h: int, w: int, variety: float = 0.0):
+    """(parts, nominal area, category id or 0, fill) of item: a category index, or -1 -
+    distractor. With probability `variety` each of the outline (polygons only: a stretched
+    circle would be the ellipse distractor) and the fill takes a varied look."""
+    fill = "shaded"
+    if variety > 0 and rng.random() < variety:
+        fill = VARIED_FILLS[int(rng.integers(len(VARIED_FILLS)))]
     if item >= 0:
-        unit = [(_category_outline(rng, CATEGORIES[item]["name"]), 1)]
-        return *_scaled_parts(rng, unit, _object_area(rng, h, w)), CATEGORIES[item]["id"]
+        name = CATEGORIES[item]["name"]
+        outline = _category_outline(rng, name)
+        if variety > 0 and name != "circle" and rng.random() < variety:
+            log_stretch, shear = rng.uniform(
+                (-MAX_LOG_STRETCH, -MAX_SHEAR), (MAX_LOG_STRETCH, MAX_SHEAR)
+            )
+            outline = stretch_and_shear(outline, log_stretch, shear)
+        parts, area = _scaled_parts(rng, [(outline, 1)], _object_area(rng, h, w))
+        return parts, area, CATEGORIES[item]["id"], fill
     unit = _distractor_parts(rng, DISTRACTORS[-1 - item])
     area = _log_uniform(rng, 200.0, min(15000.0, MAX_OBJECT_FRACTION * h * w))
-    return *_scaled_parts(rng, unit, area), 0
+    return *_scaled_parts(rng, unit, area), 0, fill
 
 
-def render_image(rng: np.random.Generator, min_size: int = 256, max_size: int = 512):
-    """Draws one image with 1 to MAX_OBJECTS annotated shapes; returns a RenderedImage."""
+def render_image(
+    rng: np.random.Generator, min_size: int = 256, max_size: int = 512, variety: float = 0.0
+):
+    """Draws one image with 1 to MAX_OBJECTS annotated shapes; returns a RenderedImage.
+
+    variety: the probability of each of the training split's extra looks (a VARIED_BACKGROUNDS
+    background per image; a VARIED_FILLS fill and a stretched and sheared polygon per shape)
+    and the extra chance of distractors (DISTRACTOR_PROBABILITY + 0.3 x variety). At 0 the
+    random draws, hence the bytes, are the plain style's.
+    """
+    if not 0.0 <= variety <= 1.0:
+        raise ValueError(f"variety must be in [0, 1], got {variety}")
     while True:
         h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
         if h != w or min_size == max_size:
             break
     while True:  # in the rare case nothing visible was placed, draw the scene again
-        canvas = _Canvas(_background(rng, h, w))
+        if variety > 0 and rng.random() < variety:
+            canvas = _Canvas(varied_background(rng, h, w))
+        else:
+            canvas = _Canvas(_background(rng, h, w))
         items = list(rng.integers(0, len(CATEGORIES), size=rng.integers(1, MAX_OBJECTS + 1)))
-        if rng.random() < DISTRACTOR_PROBABILITY:
+        if rng.random() < DISTRACTOR_PROBABILITY + 0.3 * variety:
             items += list(-1 - rng.integers(0, len(DISTRACTORS), size=rng.integers(1, 5)))
         for i in rng.permutation(len(items)):
-            canvas.place(rng, *_random_shape(rng, int(items[i]), h, w))
+            canvas.place(rng, *_random_shape(rng, int(items[i]), h, w, variety))
         rendered = canvas.result()
         if rendered.category_ids:
             return rendered

@@ -352,3 +352,90 @@ def test_heldout_is_deterministic_and_separate_from_val():
     again = shapes_heldout.render_heldout_image(shapes.image_rng(9, "heldout", 3), 64, 128)
     assert _digest(first) == _digest(again) and first.fills == again.fills
     assert len(set(shapes.SPLIT_CODES.values())) == len(shapes.SPLIT_CODES) == 3
+
+
+# ----------------------------------------------------------------------------------------
+# The train split's varied looks (render_image(..., variety=p), generate(train_variety=p))
+
+
+def test_varied_families_are_not_heldout_families():
+    assert not set(shapes_render.VARIED_BACKGROUNDS) & set(shapes_heldout.HELDOUT_BACKGROUNDS)
+    assert not set(shapes_render.VARIED_BACKGROUNDS) & set(shapes.BACKGROUNDS)
+    assert not set(shapes_render.VARIED_FILLS) & set(shapes_heldout.FILLS)
+
+
+def test_stretch_and_shear_hand_worked():
+    square = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    out = shapes_render.stretch_and_shear(square, math.log(2.0), 0.5)
+    # x' = 2x + 0.5 y', y' = y / 2.
+    np.testing.assert_allclose(out, [[2, 0], [0.25, 0.5], [-2, 0], [-0.25, -0.5]])
+    assert shapes_render._polygon_area(out) == pytest.approx(shapes_render._polygon_area(square))
+
+
+def test_bordered_fill_is_the_inner_rim():
+    mask = np.ones((9, 9), bool)  # radius sqrt(81 / pi) = 5.1: the rim is 1 pixel wide
+    rim = shapes_render.fill_pattern(np.random.default_rng(0), "bordered", mask)
+    expected = np.ones((9, 9), np.float32)
+    expected[1:-1, 1:-1] = 0
+    np.testing.assert_array_equal(rim, expected)
+    disc = np.hypot(*np.mgrid[-20:21, -20:21]) <= 20  # radius 20: a rim of 2 to 5 pixels
+    rim = shapes_render.fill_pattern(np.random.default_rng(1), "bordered", disc) > 0
+    assert not (rim & ~disc).any() and rim[0, 20] and not rim[20, 20]
+    width = np.flatnonzero(~rim[20, :21] & disc[20, :21])[0] - np.flatnonzero(disc[20])[0]
+    assert 2 <= width <= 5
+
+
+@pytest.mark.parametrize("fill", shapes_render.VARIED_FILLS)
+def test_varied_fills_are_two_colour_patterns(fill):
+    mask = np.ones((48, 64), bool)
+    for seed in range(3):
+        t = shapes_render.fill_pattern(np.random.default_rng(seed), fill, mask)
+        assert t.shape == mask.shape and t.dtype == np.float32
+        assert t.min() >= 0 and t.max() <= 1 and 0.05 < t.mean() < 0.95
+    if fill in ("dotted", "banded", "bordered"):
+        assert set(np.unique(t)) == {0.0, 1.0}
+    if fill == "banded":  # the centre starts a band of the first colour
+        assert t[24, 32] == 0 and t[24, 31] == 0
+
+
+def test_varied_backgrounds_are_hard_edged():
+    base = np.array([100.0, 150.0, 50.0])
+    mosaic = shapes_render._mosaic(np.random.default_rng(0), 64, 96, base)
+    colours = np.unique(mosaic.reshape(-1, 3), axis=0)
+    assert 2 <= len(colours) <= 4 and base.astype(np.float32).tolist() in colours.tolist()
+    bars = shapes_render._bars(np.random.default_rng(0), 64, 96, base)
+    assert len(np.unique(bars.reshape(-1, 3), axis=0)) == 2
+    assert np.abs(np.diff(bars, axis=1)).max() > 20.0  # hard edges, unlike BACKGROUNDS
+    image = shapes_render.varied_background(np.random.default_rng(3), 64, 96)
+    assert image.shape == (64, 96, 3) and image.dtype == np.float32
+
+
+def test_variety_draws_other_images_with_the_same_rules():
+    with pytest.raises(ValueError, match="variety"):
+        shapes.render_image(shapes.image_rng(0, "train", 0), variety=1.5)
+    plain = [shapes.render_image(shapes.image_rng(0, "train", i), 96, 160) for i in range(12)]
+    varied = [shapes.render_image(shapes.image_rng(0, "train", i), 96, 160, 1.0) for i in range(12)]
+    assert all(_digest(a) != _digest(b) for a, b in zip(plain, varied, strict=True))
+    for r in varied:
+        assert r.masks.sum(axis=0).max() <= 1 and len(r.category_ids) >= 1
+        assert r.masks.sum(axis=(1, 2)).min() >= shapes.MIN_VISIBLE_AREA
+    assert np.mean([r.num_distractors > 0 for r in varied]) > np.mean(
+        [r.num_distractors > 0 for r in plain]
+    )
+
+
+def test_train_variety_changes_only_the_train_split(tmp_path):
+    shapes.generate(str(tmp_path / "a"), num_train=2, num_val=2, seed=1, num_heldout=1)
+    shapes.generate(
+        str(tmp_path / "b"), num_train=2, num_val=2, seed=1, num_heldout=1, train_variety=0.5
+    )
+    plain, varied = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert plain.keys() == varied.keys()
+    for key in plain:
+        if key.startswith("val/") or "val" in key or "heldout" in key:
+            assert plain[key] == varied[key], key
+    assert plain["train/000001.png"] != varied["train/000001.png"]
+    with open(tmp_path / "b" / "annotations" / "instances_train.json") as f:
+        assert json.load(f)["info"]["variety"] == 0.5
+    with pytest.raises(ValueError, match="train_variety"):
+        shapes.generate(str(tmp_path / "c"), num_train=1, num_val=1, train_variety=-0.1)
