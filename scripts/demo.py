@@ -52,23 +52,17 @@ from benchmarks.flops import function_flops
 from benchmarks.machine_peak import matmul_peak
 from solo_tf import flags, hardware
 from solo_tf.modeling import factory
-dtype = hardware.resolve_mixed_precision(sys.argv[1]) or "float32"
+config = flags.config_from_args([f"--flagfile={sys.argv[1]}", "--model_dir=unused"], "demo")
+# The precision training will resolve the recipe's --mixed_precision to is the one measured.
+dtype = hardware.resolve_mixed_precision(config.train.mixed_precision) or "float32"
 peak = matmul_peak(dtype, n=1024, runs=5)
-config = flags.config_from_args([f"--flagfile={sys.argv[2]}", "--model_dir=unused"], "demo")
 model = factory.build_model(config.model)
 spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)
 forward = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
 print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"],
-                  "forward_gflops_per_image": forward}))
+                  "forward_gflops_per_image": forward,
+                  "train_images": config.train.total_steps * config.train.global_batch_size}))
 """
-
-
-def _flag(name: str) -> str:
-    with open(FLAGFILE) as f:
-        for line in f:
-            if line.startswith(f"--{name}="):
-                return line.strip().split("=", 1)[1]
-    raise KeyError(name)
 
 
 def expected_seconds(images: int, forward_gflops: float, peak_gflops: float) -> tuple[float, float]:
@@ -80,12 +74,9 @@ def expected_seconds(images: int, forward_gflops: float, peak_gflops: float) -> 
 
 def estimate(summary: dict) -> None:
     """Measures the machine, prints the expected wall time, warns when over the budget."""
-    precision = _flag("mixed_precision")  # what training will resolve it to, it measures
-    out = subprocess.run(
-        [PY, "-c", PROBE, precision, FLAGFILE], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([PY, "-c", PROBE, FLAGFILE], capture_output=True, text=True, check=True)
     machine = json.loads(out.stdout.strip().splitlines()[-1])
-    images = int(_flag("total_steps")) * int(_flag("global_batch_size"))
+    images = machine.pop("train_images")
     train_s, total_s = expected_seconds(
         images, machine["forward_gflops_per_image"], machine["gflops"]
     )

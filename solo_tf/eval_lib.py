@@ -137,9 +137,10 @@ def evaluate_coco(
 
 
 def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
-    """``coco_gt.loadRes(results)``, which cannot take an empty list: then an empty COCO."""
+    """``coco_gt.loadRes(results)``, which cannot take an empty list: then an empty COCO.
+    loadRes writes id, area and bbox into the dicts it gets: it gets copies, not the caller's."""
     if results:
-        return coco_gt.loadRes(results)
+        return coco_gt.loadRes([dict(result) for result in results])
     coco_dt = COCO()
     coco_dt.dataset = {
         "images": list(coco_gt.dataset.get("images", [])),

@@ -41,7 +41,7 @@ def test_expected_seconds_by_hand():
 def test_probe_counts_the_recipe_forward_flops():
     demo = load_demo()
     out = subprocess.run(
-        [sys.executable, "-c", demo.PROBE, "float32", TINY],
+        [sys.executable, "-c", demo.PROBE, TINY],
         capture_output=True,
         text=True,
         check=True,
@@ -49,7 +49,9 @@ def test_probe_counts_the_recipe_forward_flops():
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     machine = json.loads(out.stdout.strip().splitlines()[-1])
+    # tiny.flags: no --mixed_precision (float32); 4 steps of 4 images.
     assert machine["dtype"] == "float32" and machine["gflops"] > 0
+    assert machine["train_images"] == 16
     config = solo_flags.config_from_args([f"--flagfile={TINY}", "--model_dir=unused"], "test")
     model = factory.build_model(config.model)
     spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)

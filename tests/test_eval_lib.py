@@ -1,6 +1,7 @@
 """COCO results and mask AP on hand-made ground truth with known answers."""
 
 import contextlib
+import copy
 import io
 import json
 
@@ -93,7 +94,9 @@ def test_perfect_predictions_give_ap_one():
     scene = _scene()
     dets = _detections([[(3, 0.9, scene[0][2]), (7, 0.8, scene[1][2])], [(3, 0.7, scene[2][2])]])
     results = detections_to_coco_results(dets, [1, 2], original_sizes=[SIZES[1], SIZES[2]])
+    before = copy.deepcopy(results)
     metrics = evaluate_coco(_ground_truth(scene), results, per_category=True)
+    assert results == before  # pycocotools' loadRes adds id, area, bbox: to copies only
     for key in ("AP", "AP50", "AP75", "APs", "AP/circle", "AP/square"):
         assert metrics[key] == pytest.approx(1.0), key
     assert metrics["APm"] == -1.0 and metrics["APl"] == -1.0  # no medium or large instance
