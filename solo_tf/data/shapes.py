@@ -29,7 +29,9 @@ Determinism: image ``i`` of split ``s`` uses its own ``numpy.random.Generator`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -91,26 +93,45 @@ def _renderer(split: str, train_variety: float):
     return lambda rng, low, high: render_image(rng, low, high, variety)
 
 
+def _render_and_save(job: tuple) -> tuple[dict, list[dict]]:
+    """Renders image `index` of a split and writes its PNG: (image entry, annotations with
+    ids from 1). A module-level function of plain arguments, so that worker processes run it."""
+    image_dir, split, index, seed, min_size, max_size, train_variety = job
+    rendered = _renderer(split, train_variety)(image_rng(seed, split, index), min_size, max_size)
+    image_id = index + 1
+    file_name = f"{image_id:06d}.png"
+    Image.fromarray(rendered.image).save(
+        os.path.join(image_dir, file_name), format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
+    h, w = rendered.image.shape[:2]
+    image = {"id": image_id, "file_name": file_name, "height": h, "width": w, "license": 1}
+    return image, _annotations(rendered, image_id, 1)
+
+
 def _write_split(
-    output_dir, split, num_images, seed, min_size, max_size, train_variety=0.0
+    output_dir, split, num_images, seed, min_size, max_size, train_variety=0.0, workers=1
 ) -> tuple[str, str, int]:
-    """Renders and writes one split; returns (annotation file, image folder, instances)."""
+    """Renders and writes one split; returns (annotation file, image folder, instances).
+    With workers > 1 the images are drawn by that many processes; every image has its own
+    generator, so the bytes do not depend on the number of workers."""
     image_dir = os.path.join(output_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    render = _renderer(split, train_variety)
-    for index in tqdm(range(num_images), desc=f"shapes {split}", unit="img"):
-        rendered = render(image_rng(seed, split, index), min_size, max_size)
-        image_id = index + 1
-        file_name = f"{image_id:06d}.png"
-        Image.fromarray(rendered.image).save(
-            os.path.join(image_dir, file_name), format="PNG", compress_level=PNG_COMPRESS_LEVEL
-        )
-        h, w = rendered.image.shape[:2]
-        images.append(
-            {"id": image_id, "file_name": file_name, "height": h, "width": w, "license": 1}
-        )
-        annotations += _annotations(rendered, image_id, len(annotations) + 1)
+    jobs = [
+        (image_dir, split, i, seed, min_size, max_size, train_variety) for i in range(num_images)
+    ]
+    progress = {"desc": f"shapes {split}", "unit": "img", "total": num_images}
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and num_images > 1:
+            # spawn, not fork: the caller may hold TensorFlow's threads, which fork can deadlock.
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            results = pool.imap(_render_and_save, jobs, chunksize=8)
+        else:
+            results = map(_render_and_save, jobs)
+        for image, image_annotations in tqdm(results, **progress):
+            images.append(image)
+            for annotation in image_annotations:
+                annotations.append({**annotation, "id": len(annotations) + 1})
     coco = {
         "info": {
             "description": f"solo-tf synthetic shapes, {split} split",
@@ -141,6 +162,7 @@ def generate(
     max_size: int = 512,
     num_heldout: int = 0,
     train_variety: float = 0.0,
+    workers: int = 1,
 ) -> dict:
     """Writes the train, val and held-out splits under output_dir; returns paths and counts.
 
@@ -151,6 +173,7 @@ def generate(
     writes 100 held-out images by default; this function none unless asked (tests stay fast).
     ``train_variety`` draws the train split with ``shapes_render``'s extra looks (VARIED_*)
     at that probability; val stays in the plain style, so its AP stays comparable.
+    ``workers`` processes draw the images (same bytes for any number).
     """
     if min(seed, num_train, num_val, num_heldout) < 0:
         raise ValueError("seed, num_train, num_val and num_heldout must be >= 0")
@@ -164,7 +187,7 @@ def generate(
         splits.append(("heldout", num_heldout))
     for split, count in splits:
         annotations, images, instances = _write_split(
-            output_dir, split, count, seed, min_size, max_size, train_variety
+            output_dir, split, count, seed, min_size, max_size, train_variety, workers
         )
         result[f"{split}_annotations"] = annotations
         result[f"{split}_images"] = images
@@ -188,6 +211,7 @@ def main(argv):
         f.max_size,
         f.num_heldout,
         f.train_variety,
+        f.workers or os.cpu_count() or 1,
     )
     print(json.dumps(result, indent=2))
 
@@ -209,5 +233,6 @@ if __name__ == "__main__":
         "Probability of each of the train split's extra looks (hard-edged backgrounds, "
         "textured fills, stretched polygons; shapes_render.VARIED_*). make demo uses 0.5.",
     )
+    flags.DEFINE_integer("workers", 0, "Processes drawing images (0: one per CPU core).")
     flags.mark_flag_as_required("output_dir")
     app.run(main)

@@ -439,3 +439,10 @@ def test_train_variety_changes_only_the_train_split(tmp_path):
         assert json.load(f)["info"]["variety"] == 0.5
     with pytest.raises(ValueError, match="train_variety"):
         shapes.generate(str(tmp_path / "c"), num_train=1, num_val=1, train_variety=-0.1)
+
+
+def test_workers_draw_the_same_bytes(tmp_path):
+    kwargs = {"num_train": 5, "num_val": 2, "num_heldout": 3, "seed": 2, "train_variety": 0.5}
+    shapes.generate(str(tmp_path / "one"), **kwargs)
+    shapes.generate(str(tmp_path / "two"), **kwargs, workers=2)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
