@@ -17,6 +17,13 @@ range holds a fair share of instances. Later shapes occlude earlier ones and abo
 images also carry distractors (ellipses, crosses, lines, rings) that are drawn, never
 annotated, and may occlude real objects too.
 
+With ``train_variety=p`` (``--train_variety``; ``make demo`` uses 0.5) the train split, and
+only it, also takes other looks, each with probability p (``shapes_render.VARIED_*``):
+hard-edged mosaic or bar backgrounds, blotched, dotted, banded or bordered two-colour fills,
+polygons stretched and sheared at constant area, and more distractors. None of these is a
+family of the held-out style; val stays in the plain style, so val AP means the same with or
+without them.
+
 Labels are exact: every shape is rasterised once, without anti-aliasing, into a mask, and that
 same mask is what gets painted and what updates a per-pixel instance-id map. An annotation is
 the instance's visible pixels in that map (compressed RLE), so occlusion, truncation at the
