@@ -17,7 +17,8 @@ range holds a fair share of instances. Later shapes occlude earlier ones and abo
 images also carry distractors (ellipses, crosses, lines, rings) that are drawn, never
 annotated, and may occlude real objects too.
 
-With ``train_variety=p`` (``--train_variety``; ``make demo`` uses 0.5) the train split, and
+With ``train_variety=p`` (``--train_variety``; off by default and in ``make demo``; README:
+the run with 0.5) the train split, and
 only it, also takes other looks, each with probability p (``shapes_render.VARIED_*``):
 hard-edged mosaic or bar backgrounds, blotched, dotted, banded or bordered two-colour fills,
 polygons stretched and sheared at constant area, and more distractors. None of these is a
@@ -67,17 +68,15 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
-def _annotations(rendered: RenderedImage, image_id: int, first_id: int) -> list[dict]:
+def _annotations(rendered: RenderedImage, image_id: int) -> list[dict]:
+    """COCO annotations of one image's instances, without ids (numbered per split)."""
     annotations = []
-    for offset, (mask, category_id) in enumerate(
-        zip(rendered.masks, rendered.category_ids, strict=True)
-    ):
+    for mask, category_id in zip(rendered.masks, rendered.category_ids, strict=True):
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         x, y = int(cols[0]), int(rows[0])
         annotations.append(
             {
-                "id": first_id + offset,
                 "image_id": image_id,
                 "category_id": int(category_id),
                 "segmentation": {
@@ -101,8 +100,9 @@ def _renderer(split: str, train_variety: float):
 
 
 def _render_and_save(job: tuple) -> tuple[dict, list[dict]]:
-    """Renders image `index` of a split and writes its PNG: (image entry, annotations with
-    ids from 1). A module-level function of plain arguments, so that worker processes run it."""
+    """Renders image `index` of a split and writes its PNG: (image entry, annotations without
+    ids; the caller numbers them across the split). A module-level function of plain
+    arguments, so that worker processes run it."""
     image_dir, split, index, seed, min_size, max_size, train_variety = job
     rendered = _renderer(split, train_variety)(image_rng(seed, split, index), min_size, max_size)
     image_id = index + 1
@@ -112,7 +112,7 @@ def _render_and_save(job: tuple) -> tuple[dict, list[dict]]:
     )
     h, w = rendered.image.shape[:2]
     image = {"id": image_id, "file_name": file_name, "height": h, "width": w, "license": 1}
-    return image, _annotations(rendered, image_id, 1)
+    return image, _annotations(rendered, image_id)
 
 
 def _write_split(
@@ -138,7 +138,7 @@ def _write_split(
         for image, image_annotations in tqdm(results, **progress):
             images.append(image)
             for annotation in image_annotations:
-                annotations.append({**annotation, "id": len(annotations) + 1})
+                annotations.append({"id": len(annotations) + 1, **annotation})
     coco = {
         "info": {
             "description": f"solo-tf synthetic shapes, {split} split",
@@ -238,7 +238,7 @@ if __name__ == "__main__":
         "train_variety",
         0.0,
         "Probability of each of the train split's extra looks (hard-edged backgrounds, "
-        "textured fills, stretched polygons; shapes_render.VARIED_*). make demo uses 0.5.",
+        "textured fills, stretched polygons; shapes_render.VARIED_*). 0: the plain style.",
     )
     flags.DEFINE_integer("workers", 0, "Processes drawing images (0: one per CPU core).")
     flags.mark_flag_as_required("output_dir")

@@ -59,18 +59,13 @@ class HeldoutImage(shapes_render.RenderedImage):
 # Backgrounds: float32 [H, W, 3].
 
 
-def _pixel_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel row and column indices, float32 (y [H, 1], x [1, W])."""
-    return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
-
-
 def _checker(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Two colours in hard-edged cells (often oblong) on a grid turned by a random angle."""
     first = rng.uniform(30, 225, size=3)
     second = shapes_render.far_colour(rng, first, 40, 90)
     angle = rng.uniform(0, math.pi / 2)
     cell_u, cell_v = rng.uniform(8, 48, size=2)
-    yy, xx = _pixel_coords(h, w)
+    yy, xx = shapes_render.pixel_coords(h, w)
     u = (math.cos(angle) * xx + math.sin(angle) * yy) / cell_u  # [H, W]
     v = (math.cos(angle) * yy - math.sin(angle) * xx) / cell_v
     odd = ((np.floor(u) + np.floor(v)) % 2)[..., None]  # [H, W, 1]
@@ -293,7 +288,7 @@ class _HeldoutCanvas(shapes_render._Canvas):
         first = self._pick_colour(rng, y0, x0, mask)
         second = self._second_colour(rng, y0, x0, mask, first)
         angle = rng.uniform(0, math.pi)
-        yy, xx = _pixel_coords(*mask.shape)
+        yy, xx = shapes_render.pixel_coords(*mask.shape)
         ramp = math.cos(angle) * xx + math.sin(angle) * yy  # [h', w'] in pixels
         if fill == "gradient":
             t = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1.0)

@@ -21,8 +21,8 @@ CATEGORIES = [
 ]
 DISTRACTORS = ("ellipse", "cross", "line", "ring")
 BACKGROUNDS = ("gradient", "stripes", "blotches", "noise")  # train and val only
-# The training split's extra looks (``render_image(..., variety=p)``; ``make demo`` draws its
-# train split with p = 0.5, its val split with none). No family here is one the held-out style
+# The training split's extra looks (``render_image(..., variety=p)``; ``shapes.generate``
+# applies them to the train split only, never to val). No family here is one the held-out style
 # uses: they widen what a category looks like in training without showing the held-out look.
 VARIED_BACKGROUNDS = ("mosaic", "bars")  # hard-edged, unlike the smooth BACKGROUNDS
 VARIED_FILLS = ("blotched", "dotted", "banded", "bordered")  # besides "shaded"
@@ -107,6 +107,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return image
 
 
+def pixel_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel row and column indices, float32 (y [H, 1], x [1, W])."""
+    return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+
+
 def far_colour(rng: np.random.Generator, colour: np.ndarray, low: float, high: float):
     """A colour at an RGB distance in [low, high] from colour, inside [0, 255]: the first of a
     few random directions that clipping leaves at least 95% of the distance, else the best."""
@@ -128,7 +133,7 @@ def _mosaic(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.nd
     palette = np.stack([base] + [far_colour(rng, base, 25, 70) for _ in range(rng.integers(1, 4))])
     seeds = rng.uniform((0, 0), (h, w), size=(int(rng.integers(6, 40)), 2))
     cell_colours = palette[rng.integers(len(palette), size=len(seeds))]
-    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    yy, xx = pixel_coords(h, w)
     nearest = np.zeros((h, w), np.int32)
     best = np.full((h, w), np.inf, np.float32)
     for k, (sy, sx) in enumerate(seeds):
@@ -142,7 +147,7 @@ def _bars(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.ndar
     """Hard-edged parallel bars of two colours at a random angle, period and duty cycle."""
     second = far_colour(rng, base, 25, 70)
     angle, period, duty = rng.uniform(0, math.pi), rng.uniform(8, 60), rng.uniform(0.3, 0.7)
-    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    yy, xx = pixel_coords(h, w)
     on = (((math.cos(angle) * xx + math.sin(angle) * yy) / period) % 1.0 < duty)[..., None]
     return np.where(on, second, base).astype(np.float32)
 
@@ -247,7 +252,7 @@ def fill_pattern(rng: np.random.Generator, fill: str, mask: np.ndarray) -> np.nd
     """Where a VARIED_FILLS fill takes its second colour: float32 [h', w'] in [0, 1] over the
     mask's window (0: the first colour). ``mask`` is the shape's bool [h', w'] window."""
     hh, ww = mask.shape
-    yy, xx = np.arange(hh, dtype=np.float32)[:, None], np.arange(ww, dtype=np.float32)[None, :]
+    yy, xx = pixel_coords(hh, ww)
     if fill == "blotched":  # soft two-colour camouflage
         noise = _smooth_noise(rng, hh, ww, int(rng.integers(2, 6)))[..., 0]
         return np.clip(noise * 1.5 + 0.5, 0.0, 1.0)
