@@ -31,6 +31,10 @@ class ModelConfig:
     # Stage widths; () means the standard (64, 128, 256, 512). Narrow ResNets train the
     # embedded dataset from scratch on a CPU.
     backbone_filters: tuple[int, ...] = ()
+    # Channels of the 7x7 stem conv (torchvision backbone only); 0 means torchvision's 64.
+    # The stem runs at stride 2, the largest activations of the network: with narrow stages
+    # (the demo's 32, 32, 64, 128) a 64-wide stem is 27% of the backbone's arithmetic.
+    backbone_stem_filters: int = 0
     # How images in [0, 255] are normalised inside the model: "imagenet" (mean/std, the
     # authors' torchvision backbones) or "unit" (x / 255, keras-cv presets built with
     # include_rescaling=True). Must match the pretrained weights.

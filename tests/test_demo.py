@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -58,3 +59,46 @@ def test_probe_counts_the_recipe_forward_flops():
     expected = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
     assert machine["forward_gflops_per_image"] == pytest.approx(expected, rel=1e-6)
     assert 0.1 < expected < 5.0  # the tiny recipe at 128 x 128
+
+
+def _stage(tmp_path, name, code):
+    marker = str(tmp_path / f"{name}.done")
+    script = f"import time, pathlib; {code}; pathlib.Path({marker!r}).touch()"
+    return (name, [sys.executable, "-c", script], marker)
+
+
+def test_later_stages_run_side_by_side_with_their_logs(tmp_path):
+    demo = load_demo()
+    # Each stage notes its start and end times; two slots for three stages of 1 s each.
+    stages = [
+        _stage(tmp_path, name, f"t = time.time(); time.sleep(1); print('{name}', t, time.time())")
+        for name in ("a", "b", "c")
+    ]
+    summary = {"stages": {}}
+    demo.run_stages_side_by_side(stages, summary, str(tmp_path / "logs"), jobs=2)
+    spans = {}
+    for name in "abc":
+        word, start, end = (tmp_path / "logs" / f"{name}.log").read_text().split()
+        assert word == name
+        spans[name] = (float(start), float(end))
+    assert spans["b"][0] < spans["a"][1]  # a and b ran at the same time
+    assert spans["c"][0] >= min(spans["a"][1], spans["b"][1]) - 0.05  # c waited for a slot
+    assert set(summary["stages"]) == {"a", "b", "c"}
+    # Done stages are skipped on a second run (the demo resumes).
+    again = {"stages": {}}
+    demo.run_stages_side_by_side(stages, again, str(tmp_path / "logs"), jobs=2)
+    assert again["stages"] == {}
+
+
+def test_a_failed_stage_names_its_log_and_stops_the_others(tmp_path):
+    demo = load_demo()
+    stages = [
+        _stage(tmp_path, "slow", "time.sleep(30)"),
+        _stage(tmp_path, "bad", "print('boom'); raise SystemExit(3)"),
+    ]
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"bad failed \(exit 3\).*bad\.log"):
+        demo.run_stages_side_by_side(stages, {"stages": {}}, str(tmp_path / "logs"), jobs=2)
+    assert time.perf_counter() - start < 20  # the slow one was killed, not waited for
+    assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
+    assert not os.path.exists(stages[0][2])

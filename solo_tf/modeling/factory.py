@@ -55,6 +55,10 @@ def build_model(config: ModelConfig, build: bool = True) -> SOLOModel:
         if config.backbone_type != "torchvision":
             raise ValueError("--stride_in_1x1 needs --backbone_type=torchvision")
         options["stride_in_1x1"] = True
+    if config.backbone_stem_filters:
+        if config.backbone_type != "torchvision":
+            raise ValueError("--backbone_stem_filters needs --backbone_type=torchvision")
+        options["stem_filters"] = config.backbone_stem_filters
     backbone = BACKBONES[config.backbone_type](
         depth=config.backbone_depth,
         freeze_stem_and_stage1=config.freeze_stem_and_stage1,

@@ -89,8 +89,11 @@ def _block(x, width: int, stride: int, bottleneck: bool, name: str, stride_in_1x
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def resnet_levels(x, depth: int, filters=(), stride_in_1x1: bool = False) -> dict:
-    """Normalised images [B, H, W, 3] -> {"P2".."P5"} (outputs of layer1..layer4)."""
+def resnet_levels(
+    x, depth: int, filters=(), stride_in_1x1: bool = False, stem_filters: int = 0
+) -> dict:
+    """Normalised images [B, H, W, 3] -> {"P2".."P5"} (outputs of layer1..layer4).
+    ``stem_filters``: channels of conv1 (0: torchvision's 64)."""
     if depth not in RESNET_SPECS:
         raise ValueError(f"backbone depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
     blocks, bottleneck = RESNET_SPECS[depth]
@@ -99,7 +102,9 @@ def resnet_levels(x, depth: int, filters=(), stride_in_1x1: bool = False) -> dic
             f"stride_in_1x1 needs bottleneck blocks (depth 50 or 101); a ResNet-{depth}'s "
             "basic blocks stride their first 3x3 conv either way"
         )
-    x = _apply(_conv(STEM_FILTERS, 7, 2, "conv1"), x)
+    if stem_filters < 0:
+        raise ValueError(f"stem_filters must be >= 0 (0: {STEM_FILTERS}), got {stem_filters}")
+    x = _apply(_conv(stem_filters or STEM_FILTERS, 7, 2, "conv1"), x)
     x = keras.layers.ReLU(name="relu")(_bn("bn1")(x))
     # torch pads the max-pool with -inf; after the ReLU every input is >= 0, so 0 is the same.
     x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
@@ -136,6 +141,7 @@ class TorchvisionResNet(keras.Model):
         filters=(),
         input_normalization: str = "imagenet",
         stride_in_1x1: bool = False,
+        stem_filters: int = 0,
         **kwargs,
     ):
         check_normalization(input_normalization)
@@ -144,7 +150,7 @@ class TorchvisionResNet(keras.Model):
         images = keras.Input(shape=tuple(input_shape), name="images")
         mean, std = NORMALIZATIONS[input_normalization]
         x = ImageNormalization(mean, std, name="image_normalization")(images)
-        levels = resnet_levels(x, depth, tuple(filters), stride_in_1x1)
+        levels = resnet_levels(x, depth, tuple(filters), stride_in_1x1, stem_filters)
         super().__init__(inputs=images, outputs=levels, **kwargs)
         self.depth = depth
         self.freeze_stem_and_stage1 = freeze_stem_and_stage1
@@ -153,6 +159,7 @@ class TorchvisionResNet(keras.Model):
         self.filters = tuple(filters)
         self.input_normalization = input_normalization
         self.stride_in_1x1 = stride_in_1x1
+        self.stem_filters = stem_filters
         for layer in self.layers:
             if freeze_stem_and_stage1 and layer.name.startswith(STEM_AND_STAGE1_PREFIXES):
                 layer.trainable = False
@@ -169,6 +176,7 @@ class TorchvisionResNet(keras.Model):
             "filters": self.filters,
             "input_normalization": self.input_normalization,
             "stride_in_1x1": self.stride_in_1x1,
+            "stem_filters": self.stem_filters,
         }
 
     @classmethod
