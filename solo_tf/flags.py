@@ -28,7 +28,7 @@ HELP = {
     "backbone_depth": "ResNet depth: 18, 34, 50 or 101.",
     "backbone_type": "torchvision (the authors' ResNet; default) or keras_cv (keras-cv presets).",
     "backbone_filters": "ResNet stage widths; empty for the standard 64,128,256,512.",
-    "backbone_stem_filters": "Channels of the ResNet stem conv (torchvision); 0 for the standard 64.",
+    "backbone_stem_filters": "ResNet stem conv channels (torchvision); 0 for the standard 64.",
     "input_normalization": "imagenet (mean/std) or unit (x/255): must match the backbone weights.",
     "stride_in_1x1": "torchvision ResNet-50/101: bottleneck stride on the 1x1 (detectron2 MSRA).",
     "freeze_stem_and_stage1": "Freeze the ResNet stem and first stage (reference: true).",
