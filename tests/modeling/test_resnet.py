@@ -98,15 +98,15 @@ def test_loading_a_checkpoint_of_another_depth_names_the_tensors(tmp_path):
 
 
 def test_stem_filters_narrow_conv1_and_the_first_projection():
-    # conv1 7x7x3 -> 16 (no bias), bn1 4 x 16; layer1_0 now sees 16 channels where its width is
-    # 8, so it gains a 1x1 projection 16 -> 8 with its BatchNorm. The default stem (64) gives
-    # layer1_0 a projection 64 -> 8 as well: the difference is the stem's width alone.
+    # conv1 7x7x3 -> c (no bias), bn1 4 x c; layer1_0 sees c channels: its first 3x3 conv
+    # c -> 8 and its 1x1 projection c -> 8 (width 8 != c for both stems). Everything after
+    # is the same, so the parameter counts differ by these four terms at c = 64 and 16.
     narrow = TorchvisionResNet(depth=18, filters=NARROW, stem_filters=16)
     default = TorchvisionResNet(depth=18, filters=NARROW)
     assert narrow.get_layer("conv1").kernel.shape == (7, 7, 3, 16)
     assert narrow.get_layer("layer1_0_downsample_0").kernel.shape == (1, 1, 16, 8)
     assert default.get_layer("layer1_0_downsample_0").kernel.shape == (1, 1, 64, 8)
-    stem_and_projection = lambda c: 7 * 7 * 3 * c + 4 * c + c * 8  # noqa: E731
+    stem_and_projection = lambda c: 7 * 7 * 3 * c + 4 * c + 3 * 3 * c * 8 + c * 8  # noqa: E731
     assert default.count_params() - narrow.count_params() == (
         stem_and_projection(64) - stem_and_projection(16)
     )
