@@ -9,7 +9,7 @@ an interrupted demo resumes (training resumes from its checkpoint by itself).
 
 Before anything else the demo measures this machine's matmul peak in the precision training
 will use (``--mixed_precision=auto``) and prints its estimate of the whole run, with a warning
-when that is well over the 15 minutes the recipe is sized for.
+when that is over the 15 minutes the recipe is sized for.
 """
 
 from __future__ import annotations
