@@ -241,7 +241,7 @@ def run_stages_side_by_side(todo, summary, log_dir: str, jobs: int = JOBS) -> No
     its log."""
     todo = [stage for stage in todo if _should_run(*stage)]
     os.makedirs(log_dir, exist_ok=True)
-    running = {}  # name -> (process, log file, start)
+    running = {}  # name -> (process, log file, its path, start)
     try:
         while todo or running:
             while todo and len(running) < max(jobs, 1):
@@ -250,21 +250,20 @@ def run_stages_side_by_side(todo, summary, log_dir: str, jobs: int = JOBS) -> No
                 print(f"[demo] {name}: {' '.join(command)}  (log: {log_path})", flush=True)
                 log = open(log_path, "w")
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-                running[name] = (process, log, time.perf_counter())
+                running[name] = (process, log, log_path, time.perf_counter())
             time.sleep(0.2)
-            for name, (process, log, start) in list(running.items()):
+            for name, (process, log, log_path, start) in list(running.items()):
                 if process.poll() is None:
                     continue
                 log.close()
                 del running[name]
                 if process.returncode != 0:
                     raise RuntimeError(
-                        f"demo stage {name} failed (exit {process.returncode}); its log: "
-                        f"{os.path.join(log_dir, name + '.log')}"
+                        f"demo stage {name} failed (exit {process.returncode}); its log: {log_path}"
                     )
                 _finished(name, time.perf_counter() - start, summary)
     finally:
-        for process, log, _ in running.values():
+        for process, log, _, _ in running.values():
             process.kill()
             process.wait()
             log.close()

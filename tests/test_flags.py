@@ -11,7 +11,6 @@ from absl import flags
 from solo_tf import config as cfg
 from solo_tf import flags as solo_flags
 
-SHAPES_352 = "shapes.flags"  # the 352 x 352 Decoupled SOLO recipe the SOLOv2 run was paired with
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -124,7 +123,7 @@ def test_shapes_solov2_differs_from_the_352_demo_recipe_only_in_its_head():
 
     demo, v2 = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in (SHAPES_352, "shapes_solov2.flags")
+        for name in ("shapes.flags", "shapes_solov2.flags")
     )
     assert v2.model.head_type == "solov2" and demo.model.head_type == "decoupled"
     assert (v2.model.mask_feature_channels, v2.model.mask_feature_mid) == (48, 48)
@@ -136,3 +135,16 @@ def test_shapes_solov2_differs_from_the_352_demo_recipe_only_in_its_head():
     for section in ("targets", "loss", "postprocess", "data"):
         assert getattr(v2, section) == getattr(demo, section), section
     assert dataclasses.replace(v2.train, learning_rate=0.003) == demo.train
+
+
+def test_shapes_lite_differs_from_the_demo_recipe_only_in_stem_and_mask_tower():
+    """Issue 15's faster variant: a 32-wide stem and one shared mask tower, nothing else."""
+    demo, lite = (
+        solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
+        for name in ("shapes.flags", "shapes_lite.flags")
+    )
+    assert (demo.model.backbone_stem_filters, demo.model.decoupled_shared_tower) == (0, False)
+    changed = {"backbone_stem_filters": 32, "decoupled_shared_tower": True}
+    assert lite.model == dataclasses.replace(demo.model, **changed)
+    for section in ("targets", "loss", "postprocess", "data", "train"):
+        assert getattr(lite, section) == getattr(demo, section), section
