@@ -80,6 +80,13 @@ def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None)
             metrics[f"positives/level_{level}"] = tf.reduce_sum(count)
         return metrics
 
+    # Known before tracing, so that ``make_train_loop`` traces the step once (in its loop).
+    step.metric_keys = (
+        *LOSS_KEYS,
+        "grad_norm",
+        "finite",
+        *(f"positives/level_{level}" for level in range(len(sizes))),
+    )
     return step
 
 
@@ -110,13 +117,23 @@ def make_train_loop(strategy, replica_step, loss_scaler=None, jit_compile=False)
             for k, v in per_replica.items()
         }
 
+    keys = getattr(replica_step, "metric_keys", None)
+
     @tf.function
     def loop(iterator, num_steps):
-        totals = one_step(iterator)
-        finite_all = totals["finite"] > 0.5
-        if loss_scaler is not None:
-            loss_scaler.update(finite_all)
-        for _ in tf.range(num_steps - 1):
+        if keys is not None:
+            # The step is traced once, inside the loop: tracing it a second time for a first
+            # step outside the loop cost ~15 s of the demo's start (a 2-core CPU).
+            totals = {k: tf.zeros([], tf.float32) for k in keys}
+            finite_all = tf.constant(True)
+            first = 0
+        else:
+            totals = one_step(iterator)
+            finite_all = totals["finite"] > 0.5
+            if loss_scaler is not None:
+                loss_scaler.update(finite_all)
+            first = 1
+        for _ in tf.range(num_steps - first):
             metrics = one_step(iterator)
             step_finite = metrics["finite"] > 0.5
             finite_all = finite_all & step_finite

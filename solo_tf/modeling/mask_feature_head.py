@@ -22,6 +22,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from solo_tf.modeling.normalization import FusedGroupNormalization
 from solo_tf.modeling.solo_head import _normal_init, coordinate_channels, upsample2x
 
 
@@ -67,14 +68,14 @@ class MaskFeatureHead(keras.layers.Layer):
                     name=f"level_{level}_conv_{unit}",
                 )
                 setattr(self, f"level_{level}_conv_{unit}", conv)
-                norm = keras.layers.GroupNormalization(
+                norm = FusedGroupNormalization(
                     norm_groups, epsilon=1e-5, name=f"level_{level}_gn_{unit}"
                 )
                 setattr(self, f"level_{level}_gn_{unit}", norm)
         self.pred_conv = keras.layers.Conv2D(
             out_channels, 1, use_bias=False, kernel_initializer=_normal_init(), name="pred_conv"
         )
-        self.pred_gn = keras.layers.GroupNormalization(norm_groups, epsilon=1e-5, name="pred_gn")
+        self.pred_gn = FusedGroupNormalization(norm_groups, epsilon=1e-5, name="pred_gn")
 
     @staticmethod
     def num_units(level: int) -> int:

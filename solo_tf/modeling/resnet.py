@@ -28,7 +28,12 @@ import os
 import keras
 
 from solo_tf import torch_checkpoint, torch_weights
-from solo_tf.modeling.normalization import NORMALIZATIONS, ImageNormalization, check_normalization
+from solo_tf.modeling.normalization import (
+    NORMALIZATIONS,
+    FusedBatchNormalization,
+    ImageNormalization,
+    check_normalization,
+)
 
 # depth -> (blocks per stage, bottleneck?)
 RESNET_SPECS = {
@@ -63,7 +68,7 @@ def _apply(layers, x):
 
 
 def _bn(name: str):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    return FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def _block(x, width: int, stride: int, bottleneck: bool, name: str, stride_in_1x1=False):

@@ -23,6 +23,8 @@ import math
 import keras
 import tensorflow as tf
 
+from solo_tf.modeling.normalization import FusedGroupNormalization
+
 
 def _normal_init():
     return keras.initializers.RandomNormal(stddev=0.01)
@@ -83,7 +85,7 @@ class ConvGNTower(keras.layers.Layer):
                 name=f"conv_{i}",
             )
             setattr(self, f"conv_{i}", conv)
-            norm = keras.layers.GroupNormalization(norm_groups, epsilon=1e-5, name=f"gn_{i}")
+            norm = FusedGroupNormalization(norm_groups, epsilon=1e-5, name=f"gn_{i}")
             setattr(self, f"gn_{i}", norm)
 
     @property
