@@ -17,10 +17,8 @@ instances of the next image of the stream (the *source*), both already augmented
   ``image_info`` and ``image_id`` stay the target's.
 
 With probability 1 - p the target is returned unchanged (its padded batch size aside). Pairs
-are formed from consecutive elements (``paired``) and each pair gives two training images, each
-element the target of the other's objects, so each training image costs one decoded image (it
-cost two until 2026-12-01; decoding and augmenting were a quarter of the demo's CPU time). The
-draws are stateless, keyed by the seed and the (target, source) image ids.
+are formed from consecutive elements (``paired``), so each training image costs two decoded
+images; the draws are stateless, keyed by the seed and the two image ids.
 """
 
 from __future__ import annotations
@@ -100,11 +98,10 @@ def paired(
     deterministic,
 ) -> tf.data.Dataset:
     """Copy-paste on a stream of ``make_train_map_fn`` elements: consecutive elements form
-    pairs (a, b), which give two outputs in order, a with b's objects and b with a's, each
-    pasted with ``probability``. Instances are padded to the pair's larger count (masks,
-    classes, ``is_crowd``); ``num_instances`` says how many are real."""
+    (target, source) pairs, one output each, pasted with ``probability``."""
 
-    def one(target, source):
+    def one(pair):
+        target, source = _unpad(pair, 0), _unpad(pair, 1)
         ids = tf.cast(tf.stack([target["image_id"], source["image_id"]]), tf.int32)
         seed = tf.random.experimental.stateless_fold_in(
             tf.stack([tf.constant(base_seed, tf.int64), tf.cast(ids[0], tf.int64)]), ids[1]
@@ -115,19 +112,5 @@ def paired(
         chosen = chosen & apply
         return paste(target, source, chosen)
 
-    def both(pair):
-        first, second = _unpad(pair, 0), _unpad(pair, 1)
-        outputs = [one(first, second), one(second, first)]
-        most = tf.maximum(outputs[0]["num_instances"], outputs[1]["num_instances"])
-
-        def pad(out, key):
-            extra = most - tf.shape(out[key])[0]
-            return tf.pad(out[key], [[0, extra]] + [[0, 0]] * (len(out[key].shape) - 1))
-
-        for out in outputs:
-            out.update({key: pad(out, key) for key in ("masks", "classes", "is_crowd")})
-        return {key: tf.stack([out[key] for out in outputs]) for key in outputs[0]}
-
     pairs = dataset.padded_batch(2, drop_remainder=True)
-    outputs = pairs.map(both, num_parallel_calls=parallel_calls, deterministic=deterministic)
-    return outputs.unbatch()
+    return pairs.map(one, num_parallel_calls=parallel_calls, deterministic=deterministic)

@@ -189,11 +189,9 @@ def train_dataset(
     )
     if input_context is not None and input_context.num_input_pipelines > 1:
         stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    # Copy-paste makes two training images of two decoded ones (copy_paste.paired): a resumed
-    # run skips as many elements as without it, whole pairs on the stream and an odd one
-    # after pairing, so that a resume never splits a pair.
-    odd = skip_elements % 2 if data.copy_paste > 0 else 0
-    stream = stream.skip(skip_elements - odd)
+    # Copy-paste makes one training image of two decoded ones, so a resumed run skips twice
+    # as many elements of the stream.
+    stream = stream.skip(skip_elements * (2 if data.copy_paste > 0 else 1))
     decoded = source.decode(stream, parallel, deterministic)
     map_fn = pipeline.make_train_map_fn(data, targets, seed)
     dataset = decoded.map(map_fn, num_parallel_calls=parallel, deterministic=deterministic)
@@ -207,7 +205,7 @@ def train_dataset(
     if data.copy_paste > 0:
         dataset = copy_paste.paired(
             dataset, data.copy_paste, targets.max_instances, seed, parallel, deterministic
-        ).skip(odd)
+        )
     dataset = pipeline.batch_for_training(
         dataset, data, targets, batch_size, colour, drop_remainder=drop_remainder
     )
