@@ -33,13 +33,15 @@ DATA_FLAGS = os.environ.get("DEMO_DATA_FLAGS", "").split()
 BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (README, "What make demo does"). Training
 # runs at TRAIN_EFFICIENCY * (matmul peak in the training precision) / (the recipe's forward
-# GFLOPs per image at its canvas) images per second. Measured 2026-12-01: 0.099-0.104 on issue
-# 15's AVX-512 BF16 EPYC in bfloat16 (9.3 images/s at 3.77 GFLOPs, probe 336; 13.2 at 2.91,
-# probe 401) and 0.129 on an AVX2 EPYC in float32 (3.9 at 3.77, probe 114). The narrow demo
-# models are far from the matmul peak (small channel counts, normalisation, the loss), so the
-# factor is lower than the 0.14-0.17 of the wider 384 x 384 recipe; the lowest reading is used,
-# so that the estimate errs long.
-TRAIN_EFFICIENCY = 0.10
+# GFLOPs per image at its canvas) images per second, the train stage's first trace included.
+# Measured 2026-12-01 on issue 15's AVX-512 BF16 EPYC in bfloat16 with the fused normalisation
+# kernels (normalization.FusedBatchNormalization / FusedGroupNormalization): 0.121 (13600
+# images of 3.77 GFLOPs in 1193 s at probe 354) and 0.147 (1085 s at probe 321, with a
+# cheaper copy-paste since reverted; the machine drifts); before them 0.099-0.104 there and
+# 0.129 on an AVX2 EPYC in float32 (3.9 images/s, probe 114). The narrow demo models are far
+# from the matmul peak (small channel counts, normalisation, the loss); the lowest reading of
+# today's code is used, so the estimate errs long.
+TRAIN_EFFICIENCY = 0.12
 # The rest (the probe, generate, training's start and tracing, evaluate twice, export,
 # predict): OTHER_STAGES_S plus OTHER_STAGES_GFLOP / peak s. Measured: ~440 s on the AVX2 EPYC
 # (probe 114) one stage after another, ~200 s on the AVX-512 BF16 one (probe 395); mostly
