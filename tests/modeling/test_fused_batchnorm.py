@@ -66,7 +66,7 @@ def test_matches_keras_in_training(dtype_policy, policy):
     np.testing.assert_allclose(
         tf.cast(y_fused, tf.float32), tf.cast(y_ref, tf.float32), atol=atol, rtol=0
     )
-    for a, b in zip(g_fused, g_ref):
+    for a, b in zip(g_fused, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-2 if bf16 else 1e-4, atol=1e-3 * np.abs(b).max())
     np.testing.assert_allclose(fused.moving_mean, ref.moving_mean, rtol=1e-6)
     np.testing.assert_allclose(fused.moving_variance, ref.moving_variance, rtol=1e-5)
@@ -137,7 +137,7 @@ def test_group_norm_matches_keras(dtype_policy, policy):
     np.testing.assert_allclose(
         tf.cast(y_fused, tf.float32), tf.cast(y_ref, tf.float32), atol=4e-2 if bf16 else 1e-5
     )
-    for a, b in zip(g_fused, g_ref):
+    for a, b in zip(g_fused, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=(2e-2 if bf16 else 1e-4) * np.abs(b).max())
     # Inference is Keras's own graph, to the bit.
     np.testing.assert_array_equal(run(fused, False)[0], run(ref, False)[0])

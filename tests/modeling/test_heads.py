@@ -47,8 +47,11 @@ def test_outputs_do_not_depend_on_training_flag(model_and_config):
     model = model_and_config[0]
     images = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     a, b = model(images, training=True), model(images, training=False)
+    # Frozen BatchNorm and GroupNorm: the same maths either way. A training call normalises
+    # through the fused kernel (FusedGroupNormalization), whose float32 rounding differs from
+    # Keras's inference path by an ulp.
     for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6)
 
 
 def test_coordinate_channels():
