@@ -75,7 +75,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     bfloat16 or float32 activation once for its statistics and once to normalise, accumulating
     in float32, and has a fused gradient. Measured on the demo recipe (a narrow ResNet-18, 8
     images of 352 x 352, bfloat16, 2-core AVX-512 BF16 CPU): the whole training step
-    630 ms -> 472 ms (docs/benchmarks.md).
+    621 ms -> 470 ms (``benchmarks.fused_norm``, docs/benchmarks.md).
 
     Same weights, same maths: the batch mean and biased variance normalise the batch and
     update the moving statistics with Keras's momentum (the fused kernel's variance output
@@ -111,8 +111,9 @@ class FusedGroupNormalization(keras.layers.GroupNormalization):
     values viewed as [1, H*W, C/G, N*G]: one "channel" per (image, group), normalised over its
     H*W*C/G values. The view costs a transpose each way, but ``FusedBatchNormV3`` reads the
     activation twice with float32 accumulation, where Keras casts it to float32, takes two
-    passes for its moments and two more to normalise, each with its gradient: 14.1 ms against
-    26.6 ms forward+backward for [8, 88, 88, 48] in bfloat16 on a 2-core AVX-512 BF16 CPU.
+    passes for its moments and two more to normalise, each with its gradient: 17.0 ms against
+    29.5 ms forward+backward for [8, 88, 88, 48] in bfloat16 on a 2-core AVX-512 BF16 CPU
+    (``benchmarks.fused_norm``).
     The per-channel gamma and beta follow in float32.
 
     Training calls only (``training=True``, 4-D channels-last, centre and scale on, the
