@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 
@@ -38,17 +37,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Alternations of the keras and fus
 _STEPS = flags.DEFINE_integer("steps", 8, "Timed calls per reading (median).")
 
 SETTINGS = ("keras", "fused")
-
-
-def _median_seconds(fn, steps: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _use_keras_calls() -> None:
@@ -67,6 +55,8 @@ def _layer_seconds(layer, shape, steps: int) -> float:
     import numpy as np
     import tensorflow as tf
 
+    from benchmarks.profile import timed
+
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(0.5, 2.0, shape), tf.float32)
     w = tf.constant(rng.normal(size=shape), tf.float32)
@@ -79,16 +69,15 @@ def _layer_seconds(layer, shape, steps: int) -> float:
             loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32) ** 2 * w)
         return tape.gradient(loss, [x, *layer.trainable_variables])
 
-    return _median_seconds(lambda: [g.numpy() for g in run()], steps)
+    return timed(run, steps)
 
 
 def measure(setting: str, steps: int) -> dict:
     """One setting's readings (seconds), in this process."""
     import keras
-    import tensorflow as tf
 
     from benchmarks.machine_peak import matmul_peak
-    from benchmarks.profile import demo_config
+    from benchmarks.profile import demo_config, training_step_seconds
     from solo_tf import distribute, hardware, train_lib
     from solo_tf.data import inputs, shapes
     from solo_tf.modeling.normalization import FusedBatchNormalization, FusedGroupNormalization
@@ -112,14 +101,7 @@ def measure(setting: str, steps: int) -> dict:
             iterator = iter(
                 strategy.distribute_datasets_from_function(inputs.train_input_fn(config, source))
             )
-            model, optimizer, _ = train_lib.build_state(config, strategy, 75)
-            fixed = iter(tf.data.Dataset.from_tensors(next(iterator)).repeat())
-            loop = train_lib.make_train_loop(
-                strategy, train_lib.make_replica_step(model, optimizer, config)
-            )
-            out["train_step"] = _median_seconds(
-                lambda: loop(fixed, tf.constant(1))["loss"].numpy(), steps
-            )
+            out["train_step"] = training_step_seconds(config, strategy, iterator, steps)[0]
         finally:
             keras.mixed_precision.set_global_policy("float32")
     return out

@@ -76,17 +76,13 @@ def make_replica_step(model, optimizer, config: cfg.SOLOConfig, loss_scale=None)
         metrics = {k: terms[k] for k in LOSS_KEYS}
         metrics["grad_norm"] = grad_norm / ctx.num_replicas_in_sync
         metrics["finite"] = tf.cast(finite, tf.float32) / ctx.num_replicas_in_sync
-        for level, count in enumerate(pos_per_level):
-            metrics[f"positives/level_{level}"] = tf.reduce_sum(count)
+        for key, count in zip(level_keys, pos_per_level, strict=True):
+            metrics[key] = tf.reduce_sum(count)
         return metrics
 
+    level_keys = tuple(f"positives/level_{level}" for level in range(len(sizes)))
     # Known before tracing, so that ``make_train_loop`` traces the step once (in its loop).
-    step.metric_keys = (
-        *LOSS_KEYS,
-        "grad_norm",
-        "finite",
-        *(f"positives/level_{level}" for level in range(len(sizes))),
-    )
+    step.metric_keys = (*LOSS_KEYS, "grad_norm", "finite", *level_keys)
     return step
 
 
@@ -108,7 +104,8 @@ class DynamicLossScale:
 
 def make_train_loop(strategy, replica_step, loss_scaler=None, jit_compile=False):
     """Returns a tf.function running ``num_steps`` steps; metrics are summed over replicas
-    and averaged over steps."""
+    and averaged over steps. ``replica_step``: a ``make_replica_step`` step, whose
+    ``metric_keys`` let the loop trace it once."""
 
     def one_step(iterator):
         per_replica = strategy.run(replica_step, args=(next(iterator),))
@@ -117,23 +114,15 @@ def make_train_loop(strategy, replica_step, loss_scaler=None, jit_compile=False)
             for k, v in per_replica.items()
         }
 
-    keys = getattr(replica_step, "metric_keys", None)
+    keys = replica_step.metric_keys
 
     @tf.function
     def loop(iterator, num_steps):
-        if keys is not None:
-            # The step is traced once, inside the loop: tracing it a second time for a first
-            # step outside the loop cost ~15 s of the demo's start (a 2-core CPU).
-            totals = {k: tf.zeros([], tf.float32) for k in keys}
-            finite_all = tf.constant(True)
-            first = 0
-        else:
-            totals = one_step(iterator)
-            finite_all = totals["finite"] > 0.5
-            if loss_scaler is not None:
-                loss_scaler.update(finite_all)
-            first = 1
-        for _ in tf.range(num_steps - first):
+        # The step is traced once, inside the loop: a first step outside it traced the step a
+        # second time, ~15 s of the demo's start (a 2-core CPU).
+        totals = {k: tf.zeros([], tf.float32) for k in keys}
+        finite_all = tf.constant(True)
+        for _ in tf.range(num_steps):
             metrics = one_step(iterator)
             step_finite = metrics["finite"] > 0.5
             finite_all = finite_all & step_finite

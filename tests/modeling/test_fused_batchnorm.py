@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from solo_tf.modeling import resnet
+from solo_tf.modeling.factory import build_model
 from solo_tf.modeling.normalization import FusedBatchNormalization, FusedGroupNormalization
+from tests.modeling.tiny import tiny_config
 
 
 def _pair(channels=8):
@@ -19,6 +21,20 @@ def _pair(channels=8):
         layer.moving_mean.assign(np.full(channels, 0.25))
         layer.moving_variance.assign(np.full(channels, 2.0))
     return ref, fused
+
+
+def _call_and_grads(layer, x, w, training=True):
+    """(output, gradients of sum(y^2 w) for the input, gamma and beta), in one tf.function."""
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2 * w)
+        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    return run()
 
 
 @pytest.fixture
@@ -49,17 +65,8 @@ def test_matches_keras_in_training(dtype_policy, policy):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(1.0, 3.0, [4, 5, 6, 8]), tf.float32)
     w = tf.constant(rng.normal(size=[4, 5, 6, 8]), tf.float32)
-
-    @tf.function
-    def run(layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2 * w)
-        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
-
-    y_ref, g_ref = run(ref)
-    y_fused, g_fused = run(fused)
+    y_ref, g_ref = _call_and_grads(ref, x, w)
+    y_fused, g_fused = _call_and_grads(fused, x, w)
     assert y_fused.dtype == y_ref.dtype == keras.mixed_precision.global_policy().compute_dtype
     bf16 = dtype_policy == "mixed_bfloat16"
     atol = 2e-2 if bf16 else 1e-5  # one bfloat16 rounding of values of ~4
@@ -121,18 +128,9 @@ def test_group_norm_matches_keras(dtype_policy, policy):
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(0.5, 2.0, [3, 5, 6, 8]), tf.float32)
     w = tf.constant(rng.normal(size=[3, 5, 6, 8]), tf.float32)
-
-    @tf.function
-    def run(layer, training):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2 * w)
-        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
-
     bf16 = dtype_policy == "mixed_bfloat16"
-    y_ref, g_ref = run(ref, True)
-    y_fused, g_fused = run(fused, True)
+    y_ref, g_ref = _call_and_grads(ref, x, w)
+    y_fused, g_fused = _call_and_grads(fused, x, w)
     assert y_fused.dtype == y_ref.dtype
     np.testing.assert_allclose(
         tf.cast(y_fused, tf.float32), tf.cast(y_ref, tf.float32), atol=4e-2 if bf16 else 1e-5
@@ -140,27 +138,18 @@ def test_group_norm_matches_keras(dtype_policy, policy):
     for a, b in zip(g_fused, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=(2e-2 if bf16 else 1e-4) * np.abs(b).max())
     # Inference is Keras's own graph, to the bit.
-    np.testing.assert_array_equal(run(fused, False)[0], run(ref, False)[0])
+    np.testing.assert_array_equal(
+        _call_and_grads(fused, x, w, training=False)[0],
+        _call_and_grads(ref, x, w, training=False)[0],
+    )
 
 
 def test_a_training_forward_takes_the_fused_kernels():
     """Every BatchNormalization and GroupNormalization of a SOLO model runs as one
     FusedBatchNormV3 in a training forward (``training`` reaches the nested layers), none in
     an inference forward."""
-    from solo_tf.config import ModelConfig
-    from solo_tf.modeling.factory import build_model
-
-    config = ModelConfig(
-        num_classes=2,
-        backbone_depth=18,
-        backbone_filters=(8, 8, 16, 16),
-        fpn_channels=16,
-        head_channels=16,
-        stacked_convs=1,
-        norm_groups=4,
-        num_grids=(6, 5, 4, 3, 2),
-        freeze_stem_and_stage1=False,
-        freeze_batchnorm=False,
+    config = tiny_config(
+        backbone_filters=(8, 8, 16, 16), freeze_stem_and_stage1=False, freeze_batchnorm=False
     )
     model = build_model(config)
     model(tf.zeros([1, 64, 64, 3]))
