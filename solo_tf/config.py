@@ -175,6 +175,9 @@ class DataConfig:
     # Training shuffle buffer: image indices for COCO JSON (free: images are decoded after the
     # shuffle; the paper flagfiles shuffle all of COCO), decoded examples for TFRecords.
     shuffle_buffer: int = 1000
+    # Training with a COCO JSON: keep decoded images (and masks) in memory up to this many MiB
+    # so that each is decoded once, not once per epoch (0: off; small datasets, coco.CocoReader).
+    decoded_cache_mb: int = 0
     parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
 
     def __post_init__(self):
@@ -195,6 +198,8 @@ class DataConfig:
             raise ValueError(
                 f"--scale_jitter={','.join(map(str, jitter))}: need lo,hi with 0 < lo <= hi"
             )
+        if self.decoded_cache_mb < 0:
+            raise ValueError(f"--decoded_cache_mb={self.decoded_cache_mb}: need 0 or more MiB")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"--max_skip_fraction={self.max_skip_fraction}: need 0 to 1")
         if self.pad_mode not in ("canvas", "multiple"):

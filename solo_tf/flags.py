@@ -94,6 +94,8 @@ HELP = {
     "(TFRecords).",
     "max_skip_fraction": "With --bad_sample_policy=skip: stop once more than this fraction of "
     "the images could not be read.",
+    "decoded_cache_mb": "Training from a COCO JSON: keep decoded images and masks in memory "
+    "up to this many MiB, so that a small dataset is decoded once (0: off).",
     "parallel_calls": "Parallel decode/augment calls; -1 for AUTOTUNE.",
     "model_dir": "Checkpoints, summaries and logs; a run resumes from here.",
     "global_batch_size": "Images per step over all replicas.",

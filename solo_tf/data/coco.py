@@ -78,8 +78,12 @@ class CocoReader:
         skip_empty: bool = False,
         bad_sample_policy: str = "error",
         max_skip_fraction: float = 0.25,
+        cache_bytes: int = 0,
     ):
         self._annotation_file = annotation_file
+        # Decoded examples kept in memory, by index, until they hold cache_bytes (0: none).
+        self._cache: dict[int, dict | None] = {}
+        self._cache_room = int(cache_bytes)
         self._max_skip_fraction = max_skip_fraction
         self._image_dir = image_dir
         self._skip_empty = skip_empty
@@ -157,7 +161,31 @@ class CocoReader:
         With ``with_source`` (for conversion) the dict also holds ``encoded`` (the image
         file's bytes), ``file_name`` and ``areas`` (float32 [N]: the JSON's areas, the mask's
         pixel count where the JSON has none).
+
+        With ``cache_bytes`` the examples decoded without ``with_source`` are kept in memory
+        until they fill ``cache_bytes`` and returned from there afterwards (read-only
+        arrays): a small training set is decoded once instead of once per epoch. A skipped
+        sample is decoded (and counted) once only; the rest is never cached.
         """
+        if not with_source and index in self._cache:
+            return self._cache[index]
+        example = self._load(index, with_source)
+        if not with_source and self._cache_room > 0:
+            size = 0 if example is None else sum(v.nbytes for v in example.values())
+            if size <= self._cache_room:
+                self._cache_room -= size
+                for value in (example or {}).values():
+                    if isinstance(value, np.ndarray):
+                        value.setflags(write=False)
+                self._cache[index] = example
+        return example
+
+    @property
+    def cached_images(self) -> int:
+        """How many decoded examples (or skips) ``load`` keeps in memory."""
+        return len(self._cache)
+
+    def _load(self, index: int, with_source: bool) -> dict | None:
         entry = self._entries[index]
         try:
             data = self._read_file(entry)

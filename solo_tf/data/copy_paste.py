@@ -110,7 +110,11 @@ def paired(
         apply = tf.random.stateless_uniform([], apply_seed) < probability
         chosen = random_choice(target, source, max_instances, choice_seed)
         chosen = chosen & apply
-        return paste(target, source, chosen)
+        # Nothing to paste (half the pairs at p = 0.5): skip paste's full-image passes.
+        unchanged = {**target, "num_instances": tf.shape(target["classes"])[0]}
+        return tf.cond(
+            tf.reduce_any(chosen), lambda: paste(target, source, chosen), lambda: unchanged
+        )
 
     pairs = dataset.padded_batch(2, drop_remainder=True)
     return pairs.map(one, num_parallel_calls=parallel_calls, deterministic=deterministic)

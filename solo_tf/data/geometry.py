@@ -82,6 +82,8 @@ def pad_image(image: tf.Tensor, size_hw: tf.Tensor, colour) -> tf.Tensor:
     # check then reports it when the graph runs.
     extra = tf.maximum(size - shape[:2], 0)
     padded = tf.pad(image, [[0, extra[0]], [0, extra[1]], [0, 0]])
+    if isinstance(colour, (tuple, list)) and not any(colour):
+        return padded  # tf.pad's zeros already (training: the batch fills the padding later)
     height, width = shape[0] + extra[0], shape[1] + extra[1]
     inside = (tf.range(height) < shape[0])[:, None, None] & (tf.range(width) < shape[1])[
         None, :, None

@@ -133,6 +133,7 @@ def open_source(data: cfg.DataConfig, split: str) -> Source:
         skip_empty=(split == "train" and data.skip_empty),
         bad_sample_policy=policy,
         max_skip_fraction=data.max_skip_fraction,
+        cache_bytes=data.decoded_cache_mb * 2**20 if split == "train" else 0,
     )
     return Source(
         reader.label_map,

@@ -8,8 +8,9 @@ so that its small model learns shapes rather than one generator's colours and si
 * Photometric jitter (strength s in [0, 1]) on the decoded image, pixel values 0..255, before
   any resize: brightness + d (d uniform in +-32 s), contrast (x - mean) c + mean and saturation
   (x - grey) a + grey (c, a uniform in [1 - s/2, 1 + s/2]), a hue rotation of h turns (h uniform
-  in +-s/12), and with probability s/2 a random permutation of the three channels. The result
-  is clipped to 0..255. Masks are untouched.
+  in +-s/12; a rotation of RGB about the grey axis), and with probability s/2 a random
+  permutation of the three channels, composed into one affine map of each pixel (one pass over
+  the image); the result is clipped to 0..255. Masks are untouched.
 * Scale jitter (factor range (lo, hi)): the aspect-preserving size drawn from ``short_sides``
   is multiplied by f (log-uniform in [lo, hi]) without the canvas cap; an image larger than the
   canvas is cropped to it at a random offset (the same window for the image and its masks), a
@@ -33,6 +34,32 @@ import tensorflow as tf
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as tf.image.rgb_to_grayscale
 
 
+def colour_matrix(
+    contrast: tf.Tensor | float = 1.0,
+    saturation: tf.Tensor | float = 1.0,
+    hue: tf.Tensor | float = 0.0,
+    permutation: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """float32 [3, 3] M: the linear part of ``adjust_colours`` (pixel column vectors y = M x).
+
+    M = contrast * P R S: saturation S = s I + (1 - s) 1 g^T (g: ``GREY_WEIGHTS``), the hue
+    rotation R by 2 pi ``hue`` about the grey axis (1, 1, 1) / sqrt(3) (red -> yellow -> green
+    for a positive turn; a third of a turn takes red to green exactly, as HSV's hue does), and
+    the channel permutation P (output channel i = input channel ``permutation[i]``).
+    """
+    grey = tf.constant(GREY_WEIGHTS, tf.float32)[None, :]  # [1, 3]
+    eye = tf.eye(3, dtype=tf.float32)
+    s = tf.cast(saturation, tf.float32)
+    sat = s * eye + (1.0 - s) * tf.ones([3, 1]) * grey
+    angle = 2.0 * 3.141592653589793 * tf.cast(hue, tf.float32)
+    cross = tf.constant([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], tf.float32) / 3.0**0.5
+    rotation = tf.cos(angle) * eye + tf.sin(angle) * cross + (1.0 - tf.cos(angle)) / 3.0
+    matrix = rotation @ sat
+    if permutation is not None:
+        matrix = tf.one_hot(permutation, 3, dtype=tf.float32) @ matrix
+    return tf.cast(contrast, tf.float32) * matrix
+
+
 def adjust_colours(
     image: tf.Tensor,
     brightness: tf.Tensor | float = 0.0,
@@ -44,19 +71,18 @@ def adjust_colours(
     """Applies fixed photometric changes to float32 [H, W, 3] pixels in 0..255.
 
     In order: brightness (added), contrast (around the image mean), saturation (around each
-    pixel's grey value), hue (turns, 0..1 is a full circle), a channel permutation (int32 [3]
-    or None); the result is clipped to 0..255.
+    pixel's grey value), hue (turns, 0..1 is a full circle; a rotation about the grey axis),
+    a channel permutation (int32 [3] or None); the result is clipped to 0..255. All of it is
+    one affine map of each pixel, applied in one pass (``colour_matrix`` plus an offset).
     """
-    image = tf.cast(image, tf.float32) + brightness
-    mean = tf.reduce_mean(image)
-    image = (image - mean) * contrast + mean
-    grey = tf.reduce_sum(image * tf.constant(GREY_WEIGHTS), axis=-1, keepdims=True)
-    image = (image - grey) * saturation + grey
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    image = tf.image.adjust_hue(image / 255.0, hue) * 255.0
-    if permutation is not None:
-        image = tf.gather(image, permutation, axis=-1)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    image = tf.cast(image, tf.float32)
+    c = tf.cast(contrast, tf.float32)
+    mean = tf.reduce_mean(image) + brightness  # of the brightened image
+    linear = colour_matrix(1.0, saturation, hue, permutation)  # [3, 3]
+    # y = c M (x + b - m) + M m 1 = c M x + (c (b - m) + m) M 1
+    offset = (c * (brightness - mean) + mean) * tf.reduce_sum(linear, axis=1)  # [3]
+    flat = tf.reshape(image, [-1, 3]) @ tf.transpose(c * linear) + offset
+    return tf.clip_by_value(tf.reshape(flat, tf.shape(image)), 0.0, 255.0)
 
 
 def random_photometric(image: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:

@@ -408,3 +408,39 @@ def test_bad_file_or_mask_is_skipped_and_counted(tiny, case):
         np.testing.assert_array_equal(got[image_id]["masks"], tiny.expected[1]["masks"][:1])
     else:
         assert sorted(got) == sorted({1, 2, 3, 4} - {image_id})
+
+
+# The decoded-example cache.
+
+
+def test_cache_decodes_each_image_once_and_returns_the_same_read_only_arrays(tiny):
+    reader = CocoReader(tiny.annotation_file, tiny.image_dir, cache_bytes=2**20)
+    first = [reader.load(i) for i in range(reader.num_images)]
+    assert reader.cached_images == 4
+    for name in os.listdir(tiny.image_dir):  # a second epoch no longer reads the files
+        os.remove(os.path.join(tiny.image_dir, name))
+    for i, example in enumerate(first):
+        again = reader.load(i)
+        assert again is example
+        assert not again["image"].flags.writeable and not again["masks"].flags.writeable
+    got = collect(reader.dataset(deterministic=True))  # and tf.data takes them from memory
+    for image_id, expected in tiny.expected.items():
+        np.testing.assert_array_equal(got[image_id]["masks"], expected["masks"])
+    with pytest.raises(errors.BadSampleError, match="image file not found"):
+        reader.load(0, with_source=True)  # conversion always reads the file
+
+
+def test_cache_off_or_full_reads_the_files_again(tiny):
+    uncached = CocoReader(tiny.annotation_file, tiny.image_dir)  # cache_bytes=0: off
+    size = sum(v.nbytes for v in uncached.load(0).values())
+    short = CocoReader(tiny.annotation_file, tiny.image_dir, cache_bytes=size - 1)
+    fits = CocoReader(tiny.annotation_file, tiny.image_dir, cache_bytes=size)
+    for reader in (short, fits):
+        reader.load(0)
+    assert (uncached.cached_images, short.cached_images, fits.cached_images) == (0, 0, 1)
+    for name in os.listdir(tiny.image_dir):
+        os.remove(os.path.join(tiny.image_dir, name))
+    for reader in (uncached, short):
+        with pytest.raises(errors.BadSampleError, match="image file not found"):
+            reader.load(0)
+    np.testing.assert_array_equal(fits.load(0)["masks"], tiny.expected[fits.image_ids[0]]["masks"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import struct
 
 import numpy as np
@@ -56,6 +57,36 @@ def test_shuffle_buffer_changes_the_training_order_of_a_coco_json(tiny):
     in_file_order = order(1)
     assert in_file_order == list(tiny.expected)  # a buffer of one keeps the file's order
     assert any(order(4, seed) != in_file_order for seed in range(4))
+
+
+def test_decoded_cache_gives_the_same_training_batches(tiny):
+    # Deterministic mode: the cache changes where examples come from, not what they are; the
+    # second epoch comes from memory (the image files are gone by then).
+    def batches(cache_mb, remove_after=None):
+        data = dataclasses.replace(
+            TINY_DATA,
+            train_annotations=tiny.annotation_file,
+            train_images=tiny.image_dir,
+            decoded_cache_mb=cache_mb,
+        )
+        source = inputs.open_source(data, "train")
+        it = iter(inputs.train_dataset(source, data, TARGETS, 1))
+        out = [next(it) for _ in range(4)]
+        if remove_after:
+            remove_after()
+        return out + [next(it) for _ in range(4)]
+
+    plain = batches(0)
+
+    def remove_images():
+        for name in os.listdir(tiny.image_dir):
+            os.remove(os.path.join(tiny.image_dir, name))
+
+    cached = batches(1, remove_images)
+    for a, b in zip(plain, cached, strict=True):
+        np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+        for key in ("cate_targets", "mask_indices", "instance_masks"):
+            np.testing.assert_array_equal(a["targets"][key].numpy(), b["targets"][key].numpy())
 
 
 def test_resume_skips_the_elements_already_consumed():

@@ -25,14 +25,37 @@ def test_adjust_colours_saturation_zero_gives_grey_and_clips():
     np.testing.assert_allclose(bright.numpy(), 255.0)
 
 
-def test_adjust_colours_hue_half_turn_and_permutation():
+def test_adjust_colours_hue_turns_and_permutation():
     red = np.array([[[200.0, 0.0, 0.0]]], np.float32)
-    # Half a turn of hue takes pure red to cyan at the same value and saturation.
+    # A third of a turn about the grey axis takes red to green, two thirds to blue (as HSV).
+    for turns, want in ((1 / 3, [0, 200, 0]), (2 / 3, [0, 0, 200]), (-1 / 3, [0, 0, 200])):
+        got = jitter.adjust_colours(red, hue=turns).numpy()
+        np.testing.assert_allclose(got, [[want]], atol=1e-3)
+    # Half a turn: the grey part 200/3 stays, the rest (400/3, -200/3, -200/3) is reversed:
+    # (-200/3, 400/3, 400/3), clipped to (0, 400/3, 400/3).
     np.testing.assert_allclose(
-        jitter.adjust_colours(red, hue=0.5).numpy(), [[[0, 200, 200]]], atol=1e-2
+        jitter.adjust_colours(red, hue=0.5).numpy(), [[[0, 400 / 3, 400 / 3]]], atol=1e-3
     )
     swapped = jitter.adjust_colours(PIXELS, permutation=tf.constant([2, 0, 1]))
     np.testing.assert_allclose(swapped.numpy(), PIXELS[..., [2, 0, 1]], atol=1e-3)
+
+
+def test_adjust_colours_is_the_steps_one_after_another():
+    # The one-pass affine map equals the five steps applied in turn (numpy), where no step
+    # leaves 0..255 (the steps clip only at the end).
+    pixels = np.random.default_rng(0).uniform(60, 190, [4, 5, 3]).astype(np.float32)
+    b, c, s, h, perm = 7.0, 1.2, 0.8, 0.05, [1, 2, 0]
+    x = pixels + b
+    x = (x - x.mean()) * c + x.mean()
+    grey = x @ np.array(jitter.GREY_WEIGHTS, np.float32)
+    x = (x - grey[..., None]) * s + grey[..., None]
+    u = np.ones(3) / np.sqrt(3.0)  # Rodrigues' rotation of each pixel about the grey axis
+    t = 2 * np.pi * h
+    x = x * np.cos(t) + np.cross(u, x) * np.sin(t) + (x @ u)[..., None] * u * (1 - np.cos(t))
+    want = x[..., perm]
+    assert want.min() > 0 and want.max() < 255
+    got = jitter.adjust_colours(pixels, b, c, s, h, tf.constant(perm)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3)
 
 
 def test_random_photometric_strength_zero_is_identity_and_draws_follow_the_seed():
