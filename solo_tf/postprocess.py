@@ -34,9 +34,9 @@ The steps follow the authors' SOLO test pipeline (``get_seg_single``):
 7. masks: the soft probabilities resized (bilinear, half-pixel centres as the authors' torch
    ``interpolate``) to the padded input, cropped to the scaled image (``image_info[:, 1]``),
    resized to the original size (``image_info[:, 0]``), then > ``mask_threshold``. The three
-   resampling steps are separable and linear, so they are done as one 4-tap gather per axis
-   straight from the stride-4 masks to the output (exactly the two resizes, without building
-   the padded-size intermediate);
+   resampling steps are separable and linear, so they are done as one banded matrix per axis
+   straight from the stride-4 masks to the output (exactly the two resizes up to float
+   rounding, without building the padded-size intermediate): two matmuls per batch;
 8. boxes from the final masks: [ymin, xmin, ymax, xmax] in original pixels with the max
    exclusive (pixel edges: a one-pixel mask at (y, x) has box [y, x, y + 1, x + 1]), so
    COCO's [x, y, w, h] is [xmin, ymin, xmax - xmin, ymax - ymin]; all zeros for an empty mask.
@@ -332,27 +332,37 @@ def _axis_taps(out_size, scaled, original, padded, stride):
     return [(index, weight * inside) for index, weight in result]
 
 
+def _axis_matrix(out_size, scaled, original, padded, stride, fine_size) -> tf.Tensor:
+    """float32 [B, O, F]: ``_axis_taps`` as a matrix, row o holding the weights of output
+    coordinate o on the F = ``fine_size`` stride-4 coordinates (at most 3 non-zero)."""
+    taps = _axis_taps(out_size, scaled, original, padded, stride)
+    return tf.add_n([tf.one_hot(index, fine_size) * weight[..., None] for index, weight in taps])
+
+
 def _masks_to_original(probs, image_info, stride, output_size, threshold) -> tf.Tensor:
-    """bool [B, K, Ho, Wo]: probabilities [B, K, Hf, Wf] resized to each original image."""
+    """bool [B, K, Ho, Wo]: probabilities [B, K, Hf, Wf] resized to each original image.
+
+    Both resizes of each axis are one banded matrix (``_axis_matrix``), so a mask is
+    rows @ probs @ cols^T: two matmuls, in the output's layout. On a CPU this is several times
+    faster than the equivalent 4-tap gathers (no gather, no transpose; Wf multiply-adds per
+    output pixel, which matmul kernels run near the machine's peak).
+    """
     original = tf.round(image_info[:, 0])  # [B, 2]
-    padded = tf.cast(tf.shape(probs)[2:4] * stride, tf.float32)  # [2]
+    shape = tf.shape(probs)
+    padded = tf.cast(shape[2:4] * stride, tf.float32)  # [2]
     scaled = tf.clip_by_value(tf.round(image_info[:, 1]), 1.0, padded)  # [B, 2]
     if output_size is None:
         out_h = tf.cast(tf.reduce_max(original[:, 0]), tf.int32)
         out_w = tf.cast(tf.reduce_max(original[:, 1]), tf.int32)
     else:
         out_h, out_w = output_size
-    # Channels-last [B, H, W, K] so that each gather moves whole rows (W * K) or pixels (K).
-    probs = tf.transpose(probs, [0, 2, 3, 1])  # [B, Hf, Wf, K]
-    rows = _axis_taps(out_h, scaled[:, 0], original[:, 0], padded[0], stride)
-    masks = tf.add_n(
-        [w[:, :, None, None] * tf.gather(probs, i, axis=1, batch_dims=1) for i, w in rows]
-    )  # [B, Ho, Wf, K]
-    cols = _axis_taps(out_w, scaled[:, 1], original[:, 1], padded[1], stride)
-    masks = tf.add_n(
-        [w[:, None, :, None] * tf.gather(masks, i, axis=2, batch_dims=1) for i, w in cols]
-    )  # [B, Ho, Wo, K]
-    return tf.transpose(masks > threshold, [0, 3, 1, 2])
+    rows = _axis_matrix(out_h, scaled[:, 0], original[:, 0], padded[0], stride, shape[2])
+    cols = _axis_matrix(out_w, scaled[:, 1], original[:, 1], padded[1], stride, shape[3])
+    masks = tf.matmul(rows[:, None], probs)  # [B, K, Ho, Wf]
+    flat = tf.reshape(masks, [shape[0], -1, shape[3]])  # [B, K * Ho, Wf]
+    masks = tf.matmul(flat, cols, transpose_b=True)  # [B, K * Ho, Wo]
+    masks = tf.reshape(masks, [shape[0], shape[1], tf.shape(rows)[1], tf.shape(cols)[1]])
+    return masks > threshold
 
 
 def _boxes_from_masks(masks: tf.Tensor) -> tf.Tensor:

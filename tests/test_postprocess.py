@@ -377,3 +377,20 @@ def test_solov2_tiny_model_end_to_end():
     for other in (graph, each):
         for key, value in eager.items():
             np.testing.assert_allclose(other[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_pasting_matmuls_equal_the_4_tap_gathers():
+    # benchmarks.paste keeps the gathers this replaced: both compose the same two resizes, so
+    # only float rounding at the threshold may differ (none here; allow one pixel in 10^5).
+    from benchmarks.paste import gather_paste
+    from solo_tf.postprocess import _masks_to_original
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(0.0, 4.0, [2 * 3, 4, 5, 1]).astype(np.float32)
+    probs = tf.reshape(tf.sigmoid(tf.image.resize(small, (16, 20))), [2, 3, 16, 20])
+    info = tf.constant(_image_info(((50, 70), (45, 63)), ((90, 40), (64, 28))))
+    new = _masks_to_original(probs, info, 4, (90, 70), 0.5).numpy()
+    old = gather_paste(probs, info, 4, (90, 70), 0.5).numpy()
+    assert new.shape == old.shape == (2, 3, 90, 70)
+    assert new.any() and not new[0, :, 50:].any() and not new[1, :, :, 40:].any()
+    assert (new != old).sum() <= new.size // 10**5
