@@ -34,20 +34,23 @@ BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (README, "What make demo does"). Training
 # runs at TRAIN_EFFICIENCY * (matmul peak in the training precision) / (the recipe's forward
 # GFLOPs per image at its canvas) images per second, the train stage's first trace included.
-# Measured 2026-12-01 on issue 15's AVX-512 BF16 EPYC in bfloat16 with the fused normalisation
-# kernels (normalization.FusedBatchNormalization / FusedGroupNormalization): 0.121 (13600
-# images of 3.77 GFLOPs in 1193 s at probe 354) and 0.147 (1085 s at probe 321, with a
-# cheaper copy-paste since reverted; the machine drifts); before them 0.099-0.104 there and
-# 0.129 on an AVX2 EPYC in float32 (3.9 images/s, probe 114). The narrow demo models are far
-# from the matmul peak (small channel counts, normalisation, the loss); the lowest reading of
-# today's code is used, so the estimate errs long.
-TRAIN_EFFICIENCY = 0.12
-# The rest (the probe, generate, training's start and tracing, evaluate twice, export,
-# predict): OTHER_STAGES_S plus OTHER_STAGES_GFLOP / peak s. Measured: ~440 s on the AVX2 EPYC
-# (probe 114) one stage after another, ~200 s on the AVX-512 BF16 one (probe 395); mostly
-# single-threaded Python and tracing, which the matmul peak tracks only in part.
-OTHER_STAGES_S = 100.0
-OTHER_STAGES_GFLOP = 35000.0
+# Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16, with the decoded-image cache
+# and the one-pass photometric jitter: 0.160 for shapes.flags (13600 images of 3.77 GFLOPs in
+# 988 s at probe 325) and 0.134 for its 320 x 320 / stem-32 variant (2.74 GFLOPs, 766 s at
+# probe 362); before them 0.121 (session 12, 1193 s at probe 354), 0.099-0.104 before the fused
+# normalisation kernels, 0.129 on an AVX2 EPYC in float32 (probe 114). The narrow demo models
+# are far from the matmul peak (small channel counts, normalisation, the loss, the input
+# pipeline on the same two cores); 0.15, a little under the demo recipe's reading, so the
+# estimate errs long for it.
+TRAIN_EFFICIENCY = 0.15
+# The rest (the probe, generate, evaluate twice, export, predict; training's start is in the
+# train stage): OTHER_STAGES_S plus OTHER_STAGES_GFLOP / peak s. Measured 2026-12-02 on the
+# AVX-512 BF16 EPYC: 127 s at probe 325 (shapes.flags) and 106 s at probe 362 (the 320 x 320
+# variant), mostly single-threaded Python and tracing, which the matmul peak tracks only in
+# part; before the faster evaluation (session 12) ~160 s, and ~440 s one stage after another
+# on the AVX2 EPYC (probe 114).
+OTHER_STAGES_S = 50.0
+OTHER_STAGES_GFLOP = 25000.0
 # oneDNN's kernels: on by default only on CPUs with AVX-512; on an AVX2-only CPU they make the
 # demo's training step 1.27x faster (1.9 against 1.5 images/s, docs/benchmarks.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

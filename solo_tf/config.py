@@ -223,6 +223,9 @@ class TrainConfig:
     epochs: float = 36.0
     decay_epochs: tuple[float, ...] = (27.0, 33.0)
     decay_rate: float = 0.1
+    # step: times decay_rate at each decay step (the reference); linear: from learning_rate at
+    # the end of the warm-up down to 0 at the last step (decay steps unused; for short budgets).
+    lr_decay: Literal["step", "linear"] = "step"
     total_steps: int = 0  # when > 0 overrides epochs, and decay_steps replaces decay_epochs
     decay_steps: tuple[int, ...] = ()
     clip_norm: float = 35.0

@@ -108,6 +108,8 @@ HELP = {
     "epochs": "Training length in epochs (unless total_steps > 0).",
     "decay_epochs": "Epochs at which the learning rate decays.",
     "decay_rate": "Learning rate factor at each decay.",
+    "lr_decay": "step: times decay_rate at each decay step (the reference); linear: down to 0 "
+    "at the last step (decay steps unused).",
     "total_steps": "Training length in steps; overrides epochs when > 0.",
     "decay_steps": "Steps at which the learning rate decays (with total_steps).",
     "clip_norm": "Gradient clipping by global norm; 0 disables.",

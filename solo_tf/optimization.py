@@ -18,22 +18,43 @@ from solo_tf.config import TrainConfig
 
 
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ``base * warmup_factor`` to ``base``, then step decay."""
+    """Linear warm-up from ``base * warmup_factor`` to ``base``, then step decay (the
+    reference: times ``decay_rate`` at each boundary) or, with ``decay="linear"``, a straight
+    line from ``base`` at the end of the warm-up to 0 at ``total_steps`` (boundaries unused)."""
 
-    def __init__(self, base_lr, warmup_steps, warmup_factor, boundaries, decay_rate):
+    def __init__(
+        self,
+        base_lr,
+        warmup_steps,
+        warmup_factor,
+        boundaries,
+        decay_rate,
+        decay="step",
+        total_steps=0,
+    ):
         super().__init__()
+        if decay not in ("step", "linear"):
+            raise ValueError(f"decay={decay!r}: need step or linear")
+        if decay == "linear" and total_steps <= warmup_steps:
+            raise ValueError(f"linear decay needs total_steps ({total_steps}) > warm-up steps")
         self.base_lr = float(base_lr)
         self.warmup_steps = int(warmup_steps)
         self.warmup_factor = float(warmup_factor)
         self.boundaries = [int(b) for b in boundaries]
         self.decay_rate = float(decay_rate)
+        self.decay = decay
+        self.total_steps = int(total_steps)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        decays = tf.add_n(
-            [tf.cast(step >= b, tf.float32) for b in self.boundaries] + [tf.constant(0.0)]
-        )
-        lr = self.base_lr * tf.pow(self.decay_rate, decays)
+        if self.decay == "linear":
+            left = (self.total_steps - step) / float(self.total_steps - self.warmup_steps)
+            lr = self.base_lr * tf.clip_by_value(left, 0.0, 1.0)
+        else:
+            decays = tf.add_n(
+                [tf.cast(step >= b, tf.float32) for b in self.boundaries] + [tf.constant(0.0)]
+            )
+            lr = self.base_lr * tf.pow(self.decay_rate, decays)
         if self.warmup_steps > 0:
             # mmdetection's linear warm-up: factor goes from warmup_factor to 1.
             progress = tf.minimum(step / self.warmup_steps, 1.0)
@@ -48,6 +69,8 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_factor": self.warmup_factor,
             "boundaries": self.boundaries,
             "decay_rate": self.decay_rate,
+            "decay": self.decay,
+            "total_steps": self.total_steps,
         }
 
 
@@ -65,13 +88,15 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int):
     SGD (the reference): momentum; weight decay is added to the gradients by the loop
     (``loop_weight_decay``). AdamW: Keras' decoupled weight decay.
     """
-    _, boundaries = total_and_decay_steps(config, steps_per_epoch)
+    total, boundaries = total_and_decay_steps(config, steps_per_epoch)
     schedule = WarmupStepDecay(
         config.learning_rate,
         config.warmup_steps,
         config.warmup_factor,
         boundaries,
         config.decay_rate,
+        decay=config.lr_decay,
+        total_steps=total,
     )
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)

@@ -137,6 +137,25 @@ def test_shapes_solov2_differs_from_the_352_demo_recipe_only_in_its_head():
     assert dataclasses.replace(v2.train, learning_rate=0.003) == demo.train
 
 
+def test_shapes_320_differs_from_the_demo_recipe_only_in_stem_and_canvas():
+    """Issue 15's fastest variant: a 32-wide stem and a 320 x 320 canvas, nothing else."""
+    demo, small = (
+        solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
+        for name in ("shapes.flags", "shapes_320.flags")
+    )
+    assert small.model == dataclasses.replace(demo.model, backbone_stem_filters=32)
+    canvas = {
+        "short_sides": (256, 288, 320),
+        "max_long_side": 320,
+        "eval_short_side": 320,
+        "output_size": (320, 320),
+    }
+    assert demo.data.output_size == (352, 352)
+    assert small.data == dataclasses.replace(demo.data, **canvas)
+    for section in ("targets", "loss", "postprocess", "train"):
+        assert getattr(small, section) == getattr(demo, section), section
+
+
 def test_shapes_lite_differs_from_the_demo_recipe_only_in_stem_and_mask_tower():
     """Issue 15's faster variant: a 32-wide stem and one shared mask tower, nothing else."""
     demo, lite = (

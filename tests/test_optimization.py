@@ -16,6 +16,25 @@ def test_warmup_then_step_decay_exact_values():
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
 
+def test_warmup_then_linear_decay_exact_values():
+    # Warm-up 100 steps from 0.003 * 0.5; then 0.003 * (1700 - step) / 1600, 0 from step 1700.
+    schedule = optimization.WarmupStepDecay(0.003, 100, 0.5, [1450], 0.1, "linear", 1700)
+    lrs = [float(schedule(step)) for step in (0, 50, 100, 900, 1500, 1700, 1800)]
+    expected = [0.0015, 0.003 * 0.75, 0.003, 0.0015, 0.003 * 200 / 1600, 0.0, 0.0]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6, atol=1e-12)
+    config = TrainConfig(
+        optimizer="adamw",
+        learning_rate=0.003,
+        warmup_steps=100,
+        total_steps=1700,
+        lr_decay="linear",
+    )
+    built = optimization.build_optimizer(config, steps_per_epoch=10)._learning_rate
+    assert built.get_config()["decay"] == "linear" and built.get_config()["total_steps"] == 1700
+    with pytest.raises(ValueError, match="linear decay needs total_steps"):
+        optimization.WarmupStepDecay(0.003, 100, 0.5, [], 0.1, "linear", 100)
+
+
 def test_epochs_become_steps():
     config = TrainConfig(epochs=36, decay_epochs=(27, 33))
     total, boundaries = optimization.total_and_decay_steps(config, steps_per_epoch=100)
