@@ -6,7 +6,7 @@ Run:   .venv/bin/python -m benchmarks.paste            (~2 min on 2 CPU cores)
 
 Cases: the demo's evaluation (8 images, 100 masks each, stride-4 masks of a 352 x 352 canvas,
 originals up to 468 x 484) and one COCO-sized export (100 masks of an 800 x 1344 padded input
-to 800 x 1333). Each: both functions traced once, warm-up calls, then ``--runs`` calls of each
+to 800 x 1333). Each: both functions traced once, warm-up calls, then ``--calls`` calls of each
 alternated; median wall times, their ratio from the same run, and how many output pixels
 differ between the two (float rounding at the 0.5 threshold only).
 """
@@ -22,7 +22,7 @@ from absl import app, flags
 
 from solo_tf import postprocess
 
-_RUNS = flags.DEFINE_integer("runs", 7, "Timed calls of each function per case.")
+_CALLS = flags.DEFINE_integer("calls", 7, "Timed calls of each function per case.")
 
 STRIDE = 4
 THRESHOLD = 0.5
@@ -83,7 +83,7 @@ def run_case(name, batch, masks, fine, sizes) -> dict:
     for f in fns.values():
         f(probs, info).numpy()
     times = {k: [] for k in fns}
-    for _ in range(_RUNS.value):
+    for _ in range(_CALLS.value):
         for k, f in fns.items():
             start = time.perf_counter()
             f(probs, info).numpy()
