@@ -35,14 +35,14 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as tf.image.rgb_to_gr
 
 
 def colour_matrix(
-    contrast: tf.Tensor | float = 1.0,
     saturation: tf.Tensor | float = 1.0,
     hue: tf.Tensor | float = 0.0,
     permutation: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """float32 [3, 3] M: the linear part of ``adjust_colours`` (pixel column vectors y = M x).
+    """float32 [3, 3] M: the linear part of ``adjust_colours`` before its contrast factor
+    (pixel column vectors y = M x).
 
-    M = contrast * P R S: saturation S = s I + (1 - s) 1 g^T (g: ``GREY_WEIGHTS``), the hue
+    M = P R S: saturation S = s I + (1 - s) 1 g^T (g: ``GREY_WEIGHTS``), the hue
     rotation R by 2 pi ``hue`` about the grey axis (1, 1, 1) / sqrt(3) (red -> yellow -> green
     for a positive turn; a third of a turn takes red to green exactly, as HSV's hue does), and
     the channel permutation P (output channel i = input channel ``permutation[i]``).
@@ -50,14 +50,14 @@ def colour_matrix(
     grey = tf.constant(GREY_WEIGHTS, tf.float32)[None, :]  # [1, 3]
     eye = tf.eye(3, dtype=tf.float32)
     s = tf.cast(saturation, tf.float32)
-    sat = s * eye + (1.0 - s) * tf.ones([3, 1]) * grey
+    sat = s * eye + (1.0 - s) * grey  # every row: s e_i + (1 - s) g
     angle = 2.0 * 3.141592653589793 * tf.cast(hue, tf.float32)
     cross = tf.constant([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], tf.float32) / 3.0**0.5
     rotation = tf.cos(angle) * eye + tf.sin(angle) * cross + (1.0 - tf.cos(angle)) / 3.0
     matrix = rotation @ sat
     if permutation is not None:
         matrix = tf.one_hot(permutation, 3, dtype=tf.float32) @ matrix
-    return tf.cast(contrast, tf.float32) * matrix
+    return matrix
 
 
 def adjust_colours(
@@ -78,7 +78,7 @@ def adjust_colours(
     image = tf.cast(image, tf.float32)
     c = tf.cast(contrast, tf.float32)
     mean = tf.reduce_mean(image) + brightness  # of the brightened image
-    linear = colour_matrix(1.0, saturation, hue, permutation)  # [3, 3]
+    linear = colour_matrix(saturation, hue, permutation)  # [3, 3]
     # y = c M (x + b - m) + M m 1 = c M x + (c (b - m) + m) M 1
     offset = (c * (brightness - mean) + mean) * tf.reduce_sum(linear, axis=1)  # [3]
     flat = tf.reshape(image, [-1, 3]) @ tf.transpose(c * linear) + offset
