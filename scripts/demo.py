@@ -56,24 +56,34 @@ OTHER_STAGES_GFLOP = 25000.0
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 # Measures the matmul peak in the precision training will use, and counts the recipe's
-# forward FLOPs per image at its canvas (benchmarks.flops; inference mode, same convolutions).
+# forward FLOPs per image at its canvas (benchmarks.flops; inference mode, same convolutions),
+# and their mean over the training schedule (progressive resizing's early steps are cheaper).
 PROBE = """
 import json, sys
 import tensorflow as tf
 from benchmarks.flops import function_flops
 from benchmarks.machine_peak import matmul_peak
 from solo_tf import flags, hardware
+from solo_tf.data import inputs
 from solo_tf.modeling import factory
 config = flags.config_from_args([f"--flagfile={sys.argv[1]}", "--model_dir=unused"], "demo")
 # The precision training will resolve the recipe's --mixed_precision to is the one measured.
 dtype = hardware.resolve_mixed_precision(config.train.mixed_precision) or "float32"
 peak = matmul_peak(dtype, n=1024, runs=5)
 model = factory.build_model(config.model)
-spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)
-forward = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+def forward_gflops(size):
+    spec = tf.TensorSpec([1, *size, 3], tf.float32)
+    return function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+forward = forward_gflops(config.data.output_size)
+steps = config.train.total_steps
+early = min(config.data.early_steps, steps)
+mean = forward
+if early:
+    early_forward = forward_gflops(inputs.early_data(config.data).output_size)
+    mean = (early * early_forward + (steps - early) * forward) / steps
 print(json.dumps({"cpu": hardware.describe_cpu(), "dtype": dtype, "gflops": peak["gflops"],
-                  "forward_gflops_per_image": forward,
-                  "train_images": config.train.total_steps * config.train.global_batch_size}))
+                  "forward_gflops_per_image": forward, "train_gflops_per_image": mean,
+                  "train_images": steps * config.train.global_batch_size}))
 """
 
 
@@ -90,14 +100,14 @@ def estimate(summary: dict) -> None:
     machine = json.loads(out.stdout.strip().splitlines()[-1])
     images = machine.pop("train_images")
     train_s, total_s = expected_seconds(
-        images, machine["forward_gflops_per_image"], machine["gflops"]
+        images, machine["train_gflops_per_image"], machine["gflops"]
     )
     summary["machine"] = machine
     summary["estimate_s"] = {"train": round(train_s), "total": round(total_s)}
     print(
         f"[demo] this machine: {machine['cpu']}; training in {machine['dtype']}, matmul peak "
         f"{machine['gflops']:.0f} GFLOP/s; the recipe: {images} training images of "
-        f"{machine['forward_gflops_per_image']:.2f} GFLOPs forward. Expected: about "
+        f"{machine['train_gflops_per_image']:.2f} GFLOPs forward on average. Expected: about "
         f"{total_s / 60:.0f} min in all (training {train_s / 60:.0f} min).",
         flush=True,
     )

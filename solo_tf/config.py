@@ -178,6 +178,13 @@ class DataConfig:
     # Training with a COCO JSON: keep decoded images (and masks) in memory up to this many MiB
     # so that each is decoded once, not once per epoch (0: off; small datasets, coco.CocoReader).
     decoded_cache_mb: int = 0
+    # Progressive resizing (beyond the paper, off in its flagfiles; inputs.data_at_step): the
+    # first early_steps training steps cap the long side at early_size instead of
+    # max_long_side and scale the short sides and the canvas (rounded up to multiples of 32)
+    # by the same factor, so that they cost about that factor squared; the rest train at full
+    # size. 0: off.
+    early_steps: int = 0
+    early_size: int = 0
     parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
 
     def __post_init__(self):
@@ -197,6 +204,13 @@ class DataConfig:
         if jitter and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
             raise ValueError(
                 f"--scale_jitter={','.join(map(str, jitter))}: need lo,hi with 0 < lo <= hi"
+            )
+        if self.early_steps < 0:
+            raise ValueError(f"--early_steps={self.early_steps}: need 0 (off) or more steps")
+        if self.early_steps and not 0 < self.early_size < self.max_long_side:
+            raise ValueError(
+                f"--early_steps={self.early_steps} needs an --early_size between 0 and "
+                f"--max_long_side={self.max_long_side} (exclusive), not {self.early_size}"
             )
         if self.decoded_cache_mb < 0:
             raise ValueError(f"--decoded_cache_mb={self.decoded_cache_mb}: need 0 or more MiB")

@@ -96,6 +96,10 @@ HELP = {
     "the images could not be read.",
     "decoded_cache_mb": "Training from a COCO JSON: keep decoded images and masks in memory "
     "up to this many MiB, so that a small dataset is decoded once (0: off).",
+    "early_steps": "Progressive resizing: the first this many training steps use smaller "
+    "images (--early_size); 0 is off, as in the paper.",
+    "early_size": "Progressive resizing: the long-side cap of the first --early_steps steps; "
+    "the short sides and the canvas scale by early_size / max_long_side.",
     "parallel_calls": "Parallel decode/augment calls; -1 for AUTOTUNE.",
     "model_dir": "Checkpoints, summaries and logs; a run resumes from here.",
     "global_batch_size": "Images per step over all replicas.",

@@ -159,9 +159,12 @@ def _checkpoint_dir(model_dir, strategy):
     return os.path.join(model_dir, f".worker_tmp_{task_id}")
 
 
-def _steps_this_call(step, total, config: cfg.TrainConfig):
-    """Steps to run before the next checkpoint, evaluation or the end."""
+def _steps_this_call(step, total, config: cfg.TrainConfig, early_steps: int = 0):
+    """Steps to run before the next checkpoint, evaluation, change of image sizes
+    (``early_steps``, progressive resizing) or the end."""
     n = min(config.steps_per_loop, total - step)
+    if step < early_steps:
+        n = min(n, early_steps - step)
     for every in (config.checkpoint_every, config.eval_every):
         if every > 0:
             n = min(n, every - step % every)
@@ -207,6 +210,7 @@ class _Run:
     manager: tf.train.CheckpointManager
     source: inputs.Source
     iterator: object
+    input_seed: int  # the shuffle and augmentation seed of the input stream
     loop: object  # make_train_loop's tf.function
     scaler: DynamicLossScale | None
     total_steps: int
@@ -275,8 +279,8 @@ def setup(config: cfg.SOLOConfig, strategy=None) -> _Run:
     if chief:
         model_dir_lib.write_metadata(tconf.model_dir, config, source.label_map)
     step = int(optimizer.iterations.numpy())
-    input_fn = inputs.train_input_fn(config, source, start_step=step)
-    iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+    input_seed = inputs.base_seed(config.data)
+    iterator = _input_iterator(config, strategy, source, step, input_seed)
     scaler = None
     if tconf.mixed_precision == "float16":
         with strategy.scope():
@@ -294,11 +298,28 @@ def setup(config: cfg.SOLOConfig, strategy=None) -> _Run:
         manager,
         source,
         iterator,
+        input_seed,
         loop,
         scaler,
         total_steps,
         chief,
     )
+
+
+def _input_iterator(config: cfg.SOLOConfig, strategy, source, step: int, seed: int):
+    """The distributed training stream from ``step`` on, at that step's image sizes."""
+    data = inputs.data_at_step(config.data, step)
+    if data is not config.data:
+        logging.info(
+            "Progressive resizing: steps %d-%d train at long side %d (canvas %s), then at %d",
+            step + 1,
+            config.data.early_steps,
+            data.max_long_side,
+            "x".join(map(str, data.output_size)),
+            config.data.max_long_side,
+        )
+    input_fn = inputs.train_input_fn(config, source, start_step=step, seed=seed)
+    return iter(strategy.distribute_datasets_from_function(input_fn))
 
 
 def train(config: cfg.SOLOConfig, strategy=None, eval_fn=None, progress=True, after_loop=None):
@@ -351,7 +372,7 @@ def _loop(run: _Run, writer, bar, sigterm, eval_fn, after_loop) -> dict:
     metrics, best_ap = {}, _read_best(tconf.model_dir)
     step = run.step
     while step < run.total_steps and not sigterm.received:
-        n = _steps_this_call(step, run.total_steps, tconf)
+        n = _steps_this_call(step, run.total_steps, tconf, run.config.data.early_steps)
         start = time.perf_counter()
         metrics = {k: float(v) for k, v in run.loop(run.iterator, tf.constant(n)).items()}
         seconds = time.perf_counter() - start
@@ -362,6 +383,12 @@ def _loop(run: _Run, writer, bar, sigterm, eval_fn, after_loop) -> dict:
                 f"{run.manager.latest_checkpoint}"
             )
         step = run.step
+        if step == run.config.data.early_steps and step < run.total_steps:
+            # Progressive resizing ends: the stream goes on at full size (the loop traces the
+            # step once more, for the new input shapes).
+            run.iterator = _input_iterator(
+                run.config, run.strategy, run.source, step, run.input_seed
+            )
         lr = float(run.optimizer.learning_rate)
         ips = n * tconf.global_batch_size / seconds
         bar.update(n)

@@ -44,10 +44,13 @@ def test_expected_seconds_by_hand():
     assert demo.expected_seconds(13600, 9.25 / 3, 105.0)[0] == pytest.approx(train_s / 3)
 
 
-def test_probe_counts_the_recipe_forward_flops():
+def test_probe_counts_the_recipe_forward_flops(tmp_path):
     demo = load_demo()
+    # tiny.flags with progressive resizing: 1 of its 4 steps at 96 x 96 (--early_size=96).
+    flagfile = tmp_path / "tiny_early.flags"
+    flagfile.write_text(f"--flagfile={TINY}\n--early_steps=1\n--early_size=96\n")
     out = subprocess.run(
-        [sys.executable, "-c", demo.PROBE, TINY],
+        [sys.executable, "-c", demo.PROBE, str(flagfile)],
         capture_output=True,
         text=True,
         check=True,
@@ -60,10 +63,18 @@ def test_probe_counts_the_recipe_forward_flops():
     assert machine["train_images"] == 16
     config = solo_flags.config_from_args([f"--flagfile={TINY}", "--model_dir=unused"], "test")
     model = factory.build_model(config.model)
-    spec = tf.TensorSpec([1, *config.data.output_size, 3], tf.float32)
-    expected = function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+
+    def forward(size):
+        spec = tf.TensorSpec([1, *size, 3], tf.float32)
+        return function_flops(lambda x: model(x, training=False), [spec]) / 1e9
+
+    expected = forward(config.data.output_size)
     assert machine["forward_gflops_per_image"] == pytest.approx(expected, rel=1e-6)
     assert 0.1 < expected < 5.0  # the tiny recipe at 128 x 128
+    # The schedule's mean: one step at 96 x 96, three at 128 x 128.
+    mean = (forward((96, 96)) + 3 * expected) / 4
+    assert machine["train_gflops_per_image"] == pytest.approx(mean, rel=1e-6)
+    assert mean < 0.95 * expected
 
 
 def _stage(tmp_path, name, code):

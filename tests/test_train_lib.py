@@ -186,3 +186,23 @@ def test_solov2_trains_checkpoints_and_evaluates(tmp_path, tiny_shapes):
     assert detector.model.head.__class__.__name__ == "SOLOv2Head"
     evaluated = eval_lib.evaluate_detector(detector, batch_size=4, progress=False)
     assert evaluated["AP"] == pytest.approx(best["AP"], abs=1e-6)
+
+
+@pytest.mark.slow  # trains
+def test_progressive_resizing_trains_and_resumes_across_the_change(tmp_path, tiny_shapes):
+    # Steps 1-2 at 96 x 96 (--early_size=96 of 128), 3-4 at 128 x 128; killed at the change,
+    # the resumed run continues at full size and ends where an uninterrupted one does.
+    common = ["--total_steps=4", "--checkpoint_every=2", "--steps_per_loop=4"]
+    early = [*common, "--early_steps=2", "--early_size=96"]
+    run(tmp_path / "straight", tiny_shapes, *early)
+    killed = run(tmp_path / "resumed", tiny_shapes, *early, "--kill_at_step=2", check=False)
+    assert killed.returncode == -9
+    run(tmp_path / "resumed", tiny_shapes, *early)
+    with open(tmp_path / "resumed" / "metrics_0.json") as f:
+        assert json.load(f)["step"] == 4
+    straight = weights(tmp_path / "straight")
+    assert max_abs_diff(straight, weights(tmp_path / "resumed")) <= 1e-6
+    # The early steps did see smaller images: the same run at full size all along ends
+    # elsewhere.
+    run(tmp_path / "full", tiny_shapes, *common)
+    assert max_abs_diff(straight, weights(tmp_path / "full")) > 1e-4

@@ -213,17 +213,45 @@ def train_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def train_input_fn(config: cfg.SOLOConfig, source: Source, start_step: int = 0):
+def early_data(data: cfg.DataConfig) -> cfg.DataConfig:
+    """The input configuration of progressive resizing's early steps: the long-side cap
+    ``early_size``, the short sides scaled by ``early_size / max_long_side`` (rounded to whole
+    pixels) and the canvas by the same factor, rounded up to multiples of 32 (so that the
+    scaled images still fit it)."""
+    factor = data.early_size / data.max_long_side
+    return dataclasses.replace(
+        data,
+        short_sides=tuple(max(1, round(side * factor)) for side in data.short_sides),
+        max_long_side=data.early_size,
+        output_size=tuple(-(-round(side * factor) // 32) * 32 for side in data.output_size),
+        early_steps=0,
+        early_size=0,
+    )
+
+
+def data_at_step(data: cfg.DataConfig, step: int) -> cfg.DataConfig:
+    """The input configuration training uses from ``step`` on: ``early_data(data)`` before
+    ``data.early_steps``, ``data`` itself after (``--early_steps``, progressive resizing)."""
+    return early_data(data) if step < data.early_steps else data
+
+
+def train_input_fn(
+    config: cfg.SOLOConfig, source: Source, start_step: int = 0, seed: int | None = None
+):
     """``fn(input_context) -> dataset`` for ``distribute_datasets_from_function``: the
-    ``train_dataset`` of each input pipeline, resumed at ``start_step``."""
+    ``train_dataset`` of each input pipeline, resumed at ``start_step``, with the image sizes
+    of ``start_step`` (``data_at_step``: the stream changes sizes only by a new call). ``seed``:
+    the shuffle and augmentation seed (default ``base_seed``); a run that continues its stream
+    at new sizes passes the seed it drew."""
     global_batch = config.train.global_batch_size
-    seed = base_seed(config.data)
+    seed = base_seed(config.data) if seed is None else seed
+    data = data_at_step(config.data, start_step)
 
     def input_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         per_pipeline = global_batch // ctx.num_input_pipelines
         return train_dataset(
             source,
-            config.data,
+            data,
             config.targets,
             ctx.get_per_replica_batch_size(global_batch),
             input_context=ctx,

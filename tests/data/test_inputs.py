@@ -201,3 +201,75 @@ def tiny_train_config(model_dir: str, pattern: str, policy: str) -> cfg.SOLOConf
             strategy="one_device",
         ),
     )
+
+
+def test_early_data_scales_sides_and_canvas_by_hand():
+    # The demo's sizes with --early_size=288: factor 288 / 352; short sides 235.6 -> 236,
+    # 261.8 -> 262, 288; the canvas 288 x 288.
+    data = cfg.DataConfig(
+        short_sides=(288, 320, 352),
+        max_long_side=352,
+        output_size=(352, 352),
+        early_steps=1000,
+        early_size=288,
+    )
+    early = inputs.early_data(data)
+    assert early.short_sides == (236, 262, 288)
+    assert early.max_long_side == 288 and early.output_size == (288, 288)
+    assert early.early_steps == 0  # a configuration of one size
+    # A non-square canvas: factor 480 / 640 = 0.75; 352 * 0.75 = 264 -> up to 288, 640 -> 480.
+    wide = cfg.DataConfig(
+        short_sides=(320, 352),
+        max_long_side=640,
+        output_size=(352, 640),
+        early_steps=5,
+        early_size=480,
+    )
+    early = inputs.early_data(wide)
+    assert early.short_sides == (240, 264) and early.output_size == (288, 480)
+    # The step decides: early sizes before early_steps, the configuration itself from then on.
+    assert inputs.data_at_step(data, 0) == inputs.early_data(data)
+    assert inputs.data_at_step(data, 999) == inputs.early_data(data)
+    assert inputs.data_at_step(data, 1000) is data
+    plain = cfg.DataConfig()
+    assert inputs.data_at_step(plain, 0) is plain
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"early_steps": -1}, "--early_steps=-1"),
+        ({"early_steps": 10}, "--early_size"),  # no size
+        ({"early_steps": 10, "early_size": 1333}, "--max_long_side=1333"),
+    ],
+)
+def test_early_resizing_refuses_bad_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        cfg.DataConfig(**fields)
+
+
+def test_training_stream_has_the_early_canvas_then_the_full_one():
+    # The same stream (seed) at two start steps: the early steps' batches are 96 x 96 (factor
+    # 96 / 128), the later ones 128 x 128; the images are the stream's next ones either way.
+    data = dataclasses.replace(TINY_DATA, early_steps=2, early_size=96)
+    config = cfg.SOLOConfig(
+        data=data,
+        targets=TARGETS,
+        model=cfg.ModelConfig(num_grids=TARGETS.num_grids, strides=(8, 16)),
+        train=cfg.TrainConfig(global_batch_size=1),
+    )
+    source = inputs.from_examples(as_dataset(FIXTURE))
+    context = tf.distribute.InputContext()
+
+    def batches(start_step, count):
+        fn = inputs.train_input_fn(config, source, start_step=start_step, seed=5)
+        return take(fn(context), count)
+
+    early, late = batches(0, 4), batches(2, 2)
+    assert [tuple(b["image"].shape[1:3]) for b in early] == [(96, 96)] * 4
+    assert [tuple(b["image"].shape[1:3]) for b in late] == [(128, 128)] * 2
+    ids = [int(b["image_id"][0]) for b in early]
+    assert [int(b["image_id"][0]) for b in late] == ids[2:]
+    # Instance masks follow the canvas (stride 4).
+    assert early[0]["targets"]["instance_masks"].shape[-2:] == (24, 24)
+    assert late[0]["targets"]["instance_masks"].shape[-2:] == (32, 32)
