@@ -139,3 +139,39 @@ def test_write_metrics_json(tmp_path):
     path = tmp_path / "eval" / "metrics.json"
     write_metrics_json(path, {"AP": np.float32(0.25), "step": np.int64(7)})
     assert json.loads(path.read_text()) == {"AP": 0.25, "step": 7}
+
+
+def test_the_last_smaller_batch_runs_the_traced_batch_size():
+    import tensorflow as tf
+
+    from solo_tf.eval_lib import detect_dataset
+
+    # 5 images in batches of 2: the last batch (1 image) is padded with copies of its image
+    # to 2, so detect_fn traces once; each image's detections are its own. The fake detector
+    # finds one 4 x 4 square per image, scored by the image's mean (its id / 10).
+    @tf.function
+    def detect(images, image_info):
+        batch = tf.shape(images)[0]
+        masks = tf.pad(tf.ones([batch, 1, 4, 4], tf.uint8), [[0, 0], [0, 0], [0, 4], [0, 4]])
+        return {
+            "num_detections": tf.ones([batch], tf.int32),
+            "detection_scores": tf.reduce_mean(images, [1, 2, 3])[:, None],
+            "detection_classes": tf.ones([batch, 1], tf.int32),
+            "detection_masks": masks,
+            "detection_boxes": tf.tile(tf.constant([[[0.0, 0.0, 4.0, 4.0]]]), [batch, 1, 1]),
+        }
+
+    ids = np.arange(1, 6)
+    info = np.array([[8, 8], [1, 1], [8, 8], [0, 0]], np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            "image": (ids[:, None, None, None] / 10 * np.ones([1, 8, 8, 3])).astype(np.float32),
+            "image_info": np.tile(info, [5, 1, 1]),
+            "image_id": ids,
+        }
+    ).batch(2)
+    results, image_ids, _ = detect_dataset(detect, dataset, progress=False)
+    assert image_ids == [1, 2, 3, 4, 5]
+    assert [r["image_id"] for r in results] == [1, 2, 3, 4, 5]
+    assert [r["score"] for r in results] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert detect.experimental_get_tracing_count() == 1

@@ -46,6 +46,7 @@ def resize_and_pad(
     size_hw: tf.Tensor,
     output_size,
     colour=(0.0, 0.0, 0.0),
+    recolour=None,
 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
     """Resizes to ``size_hw`` and pads bottom/right to ``output_size`` with ``colour``.
 
@@ -55,6 +56,8 @@ def resize_and_pad(
       size_hw: float32 [2], integral values, at most ``output_size``.
       output_size: (H, W), Python ints (a static shape) or int32 [2].
       colour: RGB of the padding in [0, 255] (``geometry.pad_colour``: the mean colour).
+      recolour: ``fn(float32 [h, w, 3]) -> float32 [h, w, 3]`` applied to the resized image
+        before padding (training's photometric jitter), or None.
 
     Returns:
       image float32 [H, W, 3], masks uint8 [N, H, W] (or None), and image_info float32 [4, 2]
@@ -66,7 +69,10 @@ def resize_and_pad(
         padded_size=None,
         keep_aspect_ratio=False,  # size_hw already keeps it; reuse it as is
     )
-    padded = geometry.pad_image(tf.cast(resized, tf.float32), output_size, colour)
+    resized = tf.cast(resized, tf.float32)
+    if recolour is not None:
+        resized = recolour(resized)
+    padded = geometry.pad_image(resized, output_size, colour)
     padded = tf.ensure_shape(padded, [*_static(output_size), 3])
     if masks is None:
         return padded, None, image_info
@@ -104,8 +110,9 @@ def flip_left_right(image: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.T
     return preprocess_ops.horizontal_flip_image(image), tf.reverse(masks, axis=[2])
 
 
-def _scale_jittered(image, masks, size, config: DataConfig, scale_seed, crop_seed):
-    """Resizes to ``size`` times a random factor, crops/pads to the canvas (``jitter``).
+def _scale_jittered(image, masks, size, config: DataConfig, scale_seed, crop_seed, recolour):
+    """Resizes to ``size`` times a random factor, recolours (``recolour``: a function or
+    None), crops/pads to the canvas (``jitter``).
 
     Returns image float32 [H, W, 3], masks uint8 [N, H, W] and image_info float32 [4, 2]
     ``[[H0, W0], [jittered_h, jittered_w], [y_scale, x_scale], [crop_y, crop_x]]``.
@@ -113,6 +120,8 @@ def _scale_jittered(image, masks, size, config: DataConfig, scale_seed, crop_see
     original = tf.cast(tf.shape(image)[:2], tf.float32)
     size = jitter.jittered_size(size, config.scale_jitter, scale_seed)
     resized = tf.image.resize(tf.cast(image, tf.float32), tf.cast(size, tf.int32))
+    if recolour is not None:
+        resized = recolour(resized)
     offset = jitter.crop_offset(size, config.output_size, crop_seed)
     image, masks = jitter.crop_to_canvas(
         resized, resize_masks(masks, size), offset, config.output_size
@@ -148,8 +157,14 @@ def augment_for_training(
     )
     short_side = tf.gather(tf.constant(config.short_sides, tf.int32), choice)
     image, masks = example["image"], tf.cast(example["masks"], tf.uint8)
+    recolour = None
     if config.photometric_jitter > 0:
-        image = jitter.random_photometric(image, config.photometric_jitter, colour_seed)
+        # On the resized image, before padding: a per-pixel affine map commutes with the
+        # resize (up to its one clip), and the resized image has the canvas' pixels, not the
+        # original's (the cost follows the training size, e.g. progressive resizing's).
+        def recolour(resized):
+            return jitter.random_photometric(resized, config.photometric_jitter, colour_seed)
+
     if config.shape_jitter > 0:  # its own seed: the other draws stay what they were
         shape_seed = tf.random.experimental.stateless_fold_in(seed, 2)
         image, masks = jitter.random_shape_jitter(image, masks, config.shape_jitter, shape_seed)
@@ -158,11 +173,11 @@ def augment_for_training(
     size = scaled_size(tf.shape(image)[:2], short_side, config.max_long_side)
     if config.scale_jitter:
         image, masks, image_info = _scale_jittered(
-            image, masks, size, config, scale_seed, crop_seed
+            image, masks, size, config, scale_seed, crop_seed, recolour
         )
     else:
         padded = geometry.padded_size(size, config)  # the batch fills the padding's colour
-        image, _, image_info = resize_and_pad(image, None, size, padded)
+        image, _, image_info = resize_and_pad(image, None, size, padded, recolour=recolour)
         masks = pad_masks(resize_masks(masks, size), padded)  # [N, H, W]
     keep = tf.reduce_max(masks, axis=[1, 2]) > 0  # [N]
     return {

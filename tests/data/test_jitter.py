@@ -170,6 +170,27 @@ def test_photometric_jitter_leaves_masks_alone():
     assert np.abs(out["image"].numpy() - plain["image"].numpy()).max() > 1.0
 
 
+def test_photometric_jitter_recolours_the_resized_image_only():
+    # The 32 x 32 example brought to 16 x 16 on a 32 x 32 canvas: the jitter is the one
+    # random_photometric draws from the element's colour seed, applied to the resized image;
+    # the padding stays 0 (the batch gives it the mean colour).
+    config = DataConfig(
+        short_sides=(16,), max_long_side=16, output_size=(32, 32), flip_probability=0.0
+    )
+    seed = tf.constant([3, 3], tf.int64)
+    plain = augment_for_training(_corners_example(), config, seed)["image"].numpy()
+    jittered = augment_for_training(
+        _corners_example(), DataConfig(**{**config.__dict__, "photometric_jitter": 1.0}), seed
+    )["image"].numpy()
+    colour_seed = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, 1), 3
+    )[0]
+    expected = jitter.random_photometric(tf.constant(plain[:16, :16]), 1.0, colour_seed).numpy()
+    np.testing.assert_allclose(jittered[:16, :16], expected, atol=1e-4)
+    assert np.abs(expected - plain[:16, :16]).max() > 1.0  # the draw changed the colours
+    assert (jittered[16:] == 0).all() and (jittered[:, 16:] == 0).all()
+
+
 def test_jitters_off_leave_the_paper_augmentation_unchanged():
     """With both jitters off the draws are the ones the paper recipes always had."""
     base = DataConfig(short_sides=(16, 24, 32), max_long_side=32, output_size=(32, 32))
