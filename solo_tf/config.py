@@ -182,9 +182,13 @@ class DataConfig:
     # first early_steps training steps cap the long side at early_size instead of
     # max_long_side and scale the short sides and the canvas (rounded up to multiples of 32)
     # by the same factor, so that they cost about that factor squared; the rest train at full
-    # size. 0: off.
+    # size. 0: off. The early steps use early_copy_paste instead of copy_paste: weaker
+    # augmentation on the smaller images (Tan & Le, EfficientNetV2, ICML 2021: "progressive
+    # learning"), and half the decoding and augmentation on a CPU, where the input pipeline
+    # shares the cores with a step that small images make short.
     early_steps: int = 0
     early_size: int = 0
+    early_copy_paste: float = 0.0
     parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
 
     def __post_init__(self):
@@ -211,6 +215,10 @@ class DataConfig:
             raise ValueError(
                 f"--early_steps={self.early_steps} needs an --early_size between 0 and "
                 f"--max_long_side={self.max_long_side} (exclusive), not {self.early_size}"
+            )
+        if not 0.0 <= self.early_copy_paste <= 1.0:
+            raise ValueError(
+                f"--early_copy_paste={self.early_copy_paste}: need a probability 0 to 1"
             )
         if self.decoded_cache_mb < 0:
             raise ValueError(f"--decoded_cache_mb={self.decoded_cache_mb}: need 0 or more MiB")

@@ -100,6 +100,8 @@ HELP = {
     "images (--early_size); 0 is off, as in the paper.",
     "early_size": "Progressive resizing: the long-side cap of the first --early_steps steps; "
     "the short sides and the canvas scale by early_size / max_long_side.",
+    "early_copy_paste": "Progressive resizing: --copy_paste of the first --early_steps steps "
+    "(weaker augmentation on smaller images, as EfficientNetV2's progressive learning).",
     "parallel_calls": "Parallel decode/augment calls; -1 for AUTOTUNE.",
     "model_dir": "Checkpoints, summaries and logs; a run resumes from here.",
     "global_batch_size": "Images per step over all replicas.",

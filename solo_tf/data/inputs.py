@@ -217,15 +217,17 @@ def early_data(data: cfg.DataConfig) -> cfg.DataConfig:
     """The input configuration of progressive resizing's early steps: the long-side cap
     ``early_size``, the short sides scaled by ``early_size / max_long_side`` (rounded to whole
     pixels) and the canvas by the same factor, rounded up to multiples of 32 (so that the
-    scaled images still fit it)."""
+    scaled images still fit it), and copy-paste at ``early_copy_paste``."""
     factor = data.early_size / data.max_long_side
     return dataclasses.replace(
         data,
         short_sides=tuple(max(1, round(side * factor)) for side in data.short_sides),
         max_long_side=data.early_size,
         output_size=tuple(-(-round(side * factor) // 32) * 32 for side in data.output_size),
+        copy_paste=data.early_copy_paste,
         early_steps=0,
         early_size=0,
+        early_copy_paste=0.0,
     )
 
 

@@ -212,11 +212,19 @@ def test_early_data_scales_sides_and_canvas_by_hand():
         output_size=(352, 352),
         early_steps=1000,
         early_size=288,
+        copy_paste=0.5,
     )
     early = inputs.early_data(data)
     assert early.short_sides == (236, 262, 288)
     assert early.max_long_side == 288 and early.output_size == (288, 288)
     assert early.early_steps == 0  # a configuration of one size
+    assert early.copy_paste == 0.0  # --early_copy_paste's default
+    assert inputs.early_data(dataclasses.replace(data, early_copy_paste=0.25)).copy_paste == 0.25
+    assert dataclasses.replace(early, copy_paste=0.5, short_sides=(288, 320, 352)) == (
+        dataclasses.replace(
+            data, early_steps=0, early_size=0, max_long_side=288, output_size=(288, 288)
+        )
+    )  # nothing else changes
     # A non-square canvas: factor 480 / 640 = 0.75; 352 * 0.75 = 264 -> up to 288, 640 -> 480.
     wide = cfg.DataConfig(
         short_sides=(320, 352),
@@ -241,6 +249,7 @@ def test_early_data_scales_sides_and_canvas_by_hand():
         ({"early_steps": -1}, "--early_steps=-1"),
         ({"early_steps": 10}, "--early_size"),  # no size
         ({"early_steps": 10, "early_size": 1333}, "--max_long_side=1333"),
+        ({"early_copy_paste": 1.5}, "--early_copy_paste=1.5"),
     ],
 )
 def test_early_resizing_refuses_bad_values(fields, message):
