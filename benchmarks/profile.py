@@ -31,6 +31,7 @@ Each row: the median wall time of ``--runs`` calls of a ``tf.function`` after 2 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -107,8 +108,10 @@ def _grad_fn(forward, variables):
 
 
 def demo_config(data_dir: str) -> cfg.SOLOConfig:
+    """The ``make demo`` recipe on the data in ``data_dir``, at its full training size: its
+    progressive resizing's smaller early steps are left out (``--early_steps=0``)."""
     ann = os.path.join(data_dir, "annotations")
-    return solo_flags.config_from_args(
+    config = solo_flags.config_from_args(
         [
             f"--flagfile={os.path.join(ROOT, 'experiments', 'shapes.flags')}",
             "--model_dir=/tmp/unused",
@@ -117,6 +120,8 @@ def demo_config(data_dir: str) -> cfg.SOLOConfig:
         ],
         "profile",
     )
+    full_size = dataclasses.replace(config.data, early_steps=0, early_size=0)
+    return dataclasses.replace(config, data=full_size)
 
 
 def training_step_seconds(config: cfg.SOLOConfig, strategy, iterator, runs: int):

@@ -40,6 +40,7 @@ def test_flagfiles_parse_into_configs():
         "r101",
         "decoupled_r50",
         "shapes",
+        "shapes_352",
         "shapes_384",
         "shapes_lite",
         "shapes_solov2",
@@ -123,7 +124,7 @@ def test_shapes_solov2_differs_from_the_352_demo_recipe_only_in_its_head():
 
     demo, v2 = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in ("shapes.flags", "shapes_solov2.flags")
+        for name in ("shapes_352.flags", "shapes_solov2.flags")
     )
     assert v2.model.head_type == "solov2" and demo.model.head_type == "decoupled"
     assert (v2.model.mask_feature_channels, v2.model.mask_feature_mid) == (48, 48)
@@ -141,7 +142,7 @@ def test_shapes_320_differs_from_the_demo_recipe_only_in_stem_and_canvas():
     """Issue 15's fastest variant: a 32-wide stem and a 320 x 320 canvas, nothing else."""
     demo, small = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in ("shapes.flags", "shapes_320.flags")
+        for name in ("shapes_352.flags", "shapes_320.flags")
     )
     assert small.model == dataclasses.replace(demo.model, backbone_stem_filters=32)
     canvas = {
@@ -160,10 +161,25 @@ def test_shapes_lite_differs_from_the_demo_recipe_only_in_stem_and_mask_tower():
     """Issue 15's faster variant: a 32-wide stem and one shared mask tower, nothing else."""
     demo, lite = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in ("shapes.flags", "shapes_lite.flags")
+        for name in ("shapes_352.flags", "shapes_lite.flags")
     )
     assert (demo.model.backbone_stem_filters, demo.model.decoupled_shared_tower) == (0, False)
     changed = {"backbone_stem_filters": 32, "decoupled_shared_tower": True}
     assert lite.model == dataclasses.replace(demo.model, **changed)
     for section in ("targets", "loss", "postprocess", "data", "train"):
         assert getattr(lite, section) == getattr(demo, section), section
+
+
+def test_the_demo_recipe_differs_from_the_352_recipe_in_stem_and_early_steps_only():
+    """Issue 15's recipe (session 14): shapes_352.flags with a 32-wide stem and progressive
+    resizing (the first steps at long side 256 without copy-paste), nothing else."""
+    full, demo = (
+        solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
+        for name in ("shapes_352.flags", "shapes.flags")
+    )
+    assert demo.model == dataclasses.replace(full.model, backbone_stem_filters=32)
+    early = {"early_steps": 1000, "early_size": 256, "early_copy_paste": 0.0}
+    assert full.data.copy_paste == 0.5 and full.data.early_steps == 0
+    assert demo.data == dataclasses.replace(full.data, **early)
+    for section in ("targets", "loss", "postprocess", "train"):
+        assert getattr(demo, section) == getattr(full, section), section
