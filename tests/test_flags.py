@@ -172,13 +172,13 @@ def test_shapes_lite_differs_from_the_demo_recipe_only_in_stem_and_mask_tower():
 
 def test_the_demo_recipe_differs_from_the_352_recipe_in_stem_and_early_steps_only():
     """Issue 15's recipe (session 14): shapes_352.flags with a 32-wide stem and progressive
-    resizing (the first steps at long side 256 without copy-paste), nothing else."""
+    resizing (the first 1200 steps at long side 224), nothing else."""
     full, demo = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
         for name in ("shapes_352.flags", "shapes.flags")
     )
     assert demo.model == dataclasses.replace(full.model, backbone_stem_filters=32)
-    early = {"early_steps": 1000, "early_size": 256, "early_copy_paste": 0.0}
+    early = {"early_steps": 1200, "early_size": 224, "early_copy_paste": 0.5}
     assert full.data.copy_paste == 0.5 and full.data.early_steps == 0
     assert demo.data == dataclasses.replace(full.data, **early)
     for section in ("targets", "loss", "postprocess", "train"):
