@@ -33,16 +33,16 @@ DATA_FLAGS = os.environ.get("DEMO_DATA_FLAGS", "").split()
 BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (README, "What make demo does"). Training
 # runs at TRAIN_EFFICIENCY * (matmul peak in the training precision) / (the recipe's forward
-# GFLOPs per image at its canvas) images per second, the train stage's first trace included.
-# Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16, with the decoded-image cache
-# and the one-pass photometric jitter: 0.160 for shapes.flags (13600 images of 3.77 GFLOPs in
-# 988 s at probe 325) and 0.134 for its 320 x 320 / stem-32 variant (2.74 GFLOPs, 766 s at
-# probe 362); before them 0.121 (session 12, 1193 s at probe 354), 0.099-0.104 before the fused
-# normalisation kernels, 0.129 on an AVX2 EPYC in float32 (probe 114). The narrow demo models
-# are far from the matmul peak (small channel counts, normalisation, the loss, the input
-# pipeline on the same two cores); 0.15, a little under the demo recipe's reading, so the
-# estimate errs long for it.
-TRAIN_EFFICIENCY = 0.15
+# GFLOPs per image, averaged over its schedule) images per second, the train stage's start and
+# traces included. Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16: 0.120 for
+# shapes.flags (progressive resizing, 1200 early steps at 224: 13600 images of 1.96 GFLOPs on
+# average in 722 s at probe 309) and 0.133-0.142 for its neighbours with early steps at 256;
+# 0.160 for the 352 x 352 recipe (shapes_352.flags, 3.77 GFLOPs, 988 s at probe 325) and 0.134
+# for its 320 x 320 / stem-32 variant; before them 0.121 (session 12), 0.099-0.104 before the
+# fused normalisation kernels, 0.129 on an AVX2 EPYC in float32 (probe 114). The narrow demo
+# models are far from the matmul peak (small channel counts, normalisation, the loss, the input
+# pipeline on the same two cores, which weighs more on small images).
+TRAIN_EFFICIENCY = 0.12
 # The rest (the probe, generate, evaluate twice, export, predict; training's start is in the
 # train stage): OTHER_STAGES_S plus OTHER_STAGES_GFLOP / peak s. Measured 2026-12-02 on the
 # AVX-512 BF16 EPYC: 127 s at probe 325 (shapes.flags) and 106 s at probe 362 (the 320 x 320
