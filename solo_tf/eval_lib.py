@@ -225,7 +225,8 @@ def detect_dataset(detect_fn, dataset, num_images=None, progress=True):
         for batch in dataset:
             start = time.perf_counter()
             images, image_info = batch["image"], batch["image_info"]
-            first_shape = first_shape or images.shape
+            if first_shape is None:
+                first_shape = images.shape
             count = int(images.shape[0])
             if count < first_shape[0] and images.shape[1:] == first_shape[1:]:
                 # The last, smaller batch: its last image repeated up to the first batch's

@@ -383,7 +383,7 @@ def _loop(run: _Run, writer, bar, sigterm, eval_fn, after_loop) -> dict:
                 f"{run.manager.latest_checkpoint}"
             )
         step = run.step
-        if step == run.config.data.early_steps and step < run.total_steps:
+        if step == run.config.data.early_steps and step < run.total_steps and not sigterm.received:
             # Progressive resizing ends: the stream goes on at full size (the loop traces the
             # step once more, for the new input shapes).
             run.iterator = _input_iterator(
