@@ -68,6 +68,9 @@ _SOLOV2_SIZES = flags.DEFINE_list(
 _SOLOV2_MODELS = flags.DEFINE_list(
     "solov2_models", ["solov2"], "The solov2 part: compare.py targets (solov2, solov2light)."
 )
+_SOLOV2_DTYPE = flags.DEFINE_enum(
+    "solov2_dtype", "float32", ["float32", "bfloat16"], "The solov2 part: compute dtype."
+)
 _WRITE_DOCS = flags.DEFINE_bool("write_docs", False, "Replace the docs/benchmarks.md section.")
 
 SECTION = "## Profile"
@@ -284,8 +287,9 @@ def postprocess_stages(outputs, info, config: cfg.SOLOConfig, runs: int):
 
 
 def profile_solov2(runs: int) -> list[tuple[str, str, str, float]]:
-    """Rows (model, size, what, milliseconds) of SOLOv2 inference at batch 1, float32: the
-    models of ``benchmarks.compare_models.FLAGFILES`` (random weights), part by part.
+    """Rows (model, size, what, milliseconds) of SOLOv2 inference at batch 1 in
+    ``--solov2_dtype`` (float32 by default): the models of
+    ``benchmarks.compare_models.FLAGFILES`` (random weights), part by part.
 
     Prefix rows as for the other models (backbone, + FPN); then the two halves of the head
     alone on the FPN outputs (the stride-4 mask feature branch; the category and kernel
@@ -307,7 +311,8 @@ def _solov2_parts(target: str, height: int, width: int, runs: int) -> list[tuple
 
     config = compare_models.solo_config(target, (height, width))
     keras.utils.set_random_seed(0)
-    model = factory.build_model(config.model)
+    with factory.compute_dtype_scope(_SOLOV2_DTYPE.value):
+        model = factory.build_model(config.model)
     label_map = compare_models.numbered_label_map(config.model.num_classes)
     detector = Detector(model=model, config=config, label_map=label_map)
     image = tf.random.uniform([1, height, width, 3], 0, 255)
@@ -350,7 +355,8 @@ def solov2_markdown(rows, runs: int) -> str:
             SOLOV2_SECTION,
             "",
             "`python -m benchmarks.profile --parts=solov2` on "
-            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, batch 1, random "
+            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, {_SOLOV2_DTYPE.value}, "
+            "batch 1, random "
             f"weights; median of {runs} calls after 2 warm-up calls. The two head rows are "
             "each half of the head alone on precomputed FPN outputs, and the post-processing "
             "rows each stage of `postprocess` alone on captured inputs: parts timed alone do "

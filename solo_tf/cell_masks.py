@@ -132,6 +132,40 @@ def _dynamic_pairs(mask_features, batch_index, kernels):
     return tf.dynamic_stitch(positions, parts)  # [P, Hf, Wf]
 
 
+def dynamic_positive_probs(outputs, mask_indices, num_grids):
+    """SOLOv2 training: the mask of every positive cell of every level, image by image.
+
+    Args:
+      outputs: the model's output dict with ``kernel_preds_{l}`` and ``mask_features``
+        [B, Hf, Wf, E]; B must be known when tracing (it is in training).
+      mask_indices: int32 [B, G], G = sum of S^2 over the levels in level order (row
+        k = i * S + j within a level), the instance of each cell, -1 for negatives.
+      num_grids: S of each level.
+
+    Returns:
+      (probs float32 [P, Hf, Wf], batch_index int32 [P], rows int32 [P]): for each positive
+      pair, its mask (``dynamic_mask_probs`` of its kernel and its image's features, the
+      function the post-processing uses) and its image and instance. Pairs come image by
+      image, each image's levels in order: the masks of ``cell_mask_probs`` level by level,
+      in another order. All levels share the one mask feature map, so this is one matmul per
+      image instead of one per image and level (a fifth of the small ops of the training
+      step's mask loss at five levels, forward and backward).
+    """
+    features = outputs["mask_features"]
+    batch = features.shape[0]
+    if batch is None:
+        raise ValueError("dynamic_positive_probs needs a batch size known when tracing")
+    kernels = tf.concat([level_kernels(outputs, level) for level in range(len(num_grids))], axis=1)
+    probs, batch_index, rows = [], [], []
+    for b in range(batch):
+        cells = tf.cast(tf.where(mask_indices[b] >= 0)[:, 0], tf.int32)  # [P_b]
+        picked = tf.gather(kernels[b], cells)  # [P_b, E]
+        probs.append(dynamic_mask_probs(features[b : b + 1], picked[None])[0])  # [P_b, Hf, Wf]
+        batch_index.append(tf.fill(tf.shape(cells), b))
+        rows.append(tf.gather(mask_indices[b], cells))
+    return tf.concat(probs, 0), tf.concat(batch_index, 0), tf.concat(rows, 0)
+
+
 def _gather_channels_per_image(logits, cells):
     """logits [B, Hm, Wm, K], cells [B, P] -> [B, P, Hm, Wm]: each image's own channels."""
     picked = tf.gather(logits, cells, axis=3, batch_dims=1)  # [B, Hm, Wm, P]

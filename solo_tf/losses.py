@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from solo_tf.cell_masks import cell_mask_probs
+from solo_tf.cell_masks import cell_mask_probs, dynamic_positive_probs
 from solo_tf.config import LossConfig, ModelConfig
 
 
@@ -109,6 +109,13 @@ def mask_loss_sum(outputs, mask_indices, instance_masks, model_config: ModelConf
       instance_masks: uint8 [B, N, H/4, W/4].
     """
     finest = min(model_config.mask_strides)
+    if model_config.head_type == "solov2" and outputs["mask_features"].shape[0] is not None:
+        # Every level's masks are on the one stride-4 map: all positives, image by image.
+        probs, batch_index, rows = dynamic_positive_probs(
+            outputs, mask_indices, model_config.num_grids
+        )  # [P, Hf, Wf]
+        targets = tf.gather_nd(instance_masks, tf.stack([batch_index, rows], axis=1))
+        return tf.cast(tf.reduce_sum(dice_loss(probs, targets)), tf.float32)
     total = tf.constant(0.0, tf.float32)
     offset = 0
     for level, s in enumerate(model_config.num_grids):

@@ -295,13 +295,13 @@ def test_loss_and_postprocess_see_sigmoid_of_kernel_dot_features(solov2_tiny, mo
     targets = {"cate_targets": cate, "mask_indices": index}
     targets["instance_masks"] = np.ones((2, 1, 16, 16), np.uint8)
     losses.solo_loss(outputs, targets, config, LossConfig())
-    seen = [probs for probs in seen if len(probs)]  # one entry per level with positives
-    assert [len(probs) for probs in seen] == [2, 1, 1, 1]
-    by_level = {0: [(0, 5), (1, 63)], 1: [(1, 7)], 3: [(0, 8)], 4: [(1, 2)]}
-    for probs, (level, pairs) in zip(seen, by_level.items(), strict=True):
-        for row, (b, k) in enumerate(pairs):
-            expected = _dynamic_reference(outputs, level, b, k)
-            np.testing.assert_allclose(probs[row], expected, rtol=1e-5, atol=1e-6)
+    # Training sees every level's positives at once, image by image, levels in order
+    # (cell_masks.dynamic_positive_probs).
+    assert len(seen) == 1 and len(seen[0]) == 5
+    in_order = [(0, 0, 5), (0, 3, 8), (1, 0, 63), (1, 1, 7), (1, 4, 2)]  # (image, level, cell)
+    for row, (b, level, k) in enumerate(in_order):
+        expected = _dynamic_reference(outputs, level, b, k)
+        np.testing.assert_allclose(seen[0][row], expected, rtol=1e-5, atol=1e-6)
 
     captured = {}
     rescore = postprocess._rescore

@@ -17,6 +17,7 @@ from solo_tf.losses import (
     count_positives,
     dice_loss,
     downsample_masks,
+    mask_loss_sum,
     sigmoid_focal_loss,
     solo_loss,
 )
@@ -293,3 +294,32 @@ def test_decoupled_dice_gradient_matches_finite_differences():
         == tf.float64
     )
     assert _max_gradient_error(loss_of_x, x_logits) < 1e-7
+
+
+def test_solov2_mask_loss_all_levels_at_once_equals_level_by_level():
+    # Training (batch known when tracing) takes every positive of every level image by image
+    # (cell_masks.dynamic_positive_probs); with the batch unknown, the loss goes level by
+    # level. Same Dice terms, summed in another order.
+    rng = np.random.default_rng(5)
+    masks = rng.integers(0, 2, size=(3, 2, 8, 8)).astype(np.uint8)
+    positives = [(0, 0, 1, 0), (0, 4, 0, 1), (1, 2, 1, 1), (1, 3, 0, 0), (2, 1, 0, 1)]
+    targets = _targets(3, positives, masks)
+    outputs = {k: tf.constant(v) for k, v in _outputs(3, "solov2", seed=6).items()}
+    config = _config("solov2")
+    at_once = mask_loss_sum(outputs, targets["mask_indices"], targets["instance_masks"], config)
+    spec = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in outputs.items()}
+    by_level = tf.function(
+        lambda o: mask_loss_sum(o, targets["mask_indices"], targets["instance_masks"], config),
+        input_signature=[spec],
+    )(outputs)
+    raw = {k: v.numpy().astype(np.float64) for k, v in outputs.items()}
+    kernels = np.concatenate(
+        [raw[f"kernel_preds_{level}"].reshape(3, -1, 2) for level in (0, 1)], 1
+    )
+    probs = 1 / (1 + np.exp(-np.einsum("bhwe,bke->bkhw", raw["mask_features"], kernels)))
+    expected = 0.0
+    for b, cell, _, row in positives:
+        p, q = probs[b, cell].ravel(), masks[b, row].ravel().astype(np.float64)
+        expected += 1 - 2 * (p * q).sum() / ((p * p).sum() + 1e-3 + (q * q).sum() + 1e-3)
+    assert float(at_once) == pytest.approx(expected, rel=1e-5)
+    assert float(by_level) == pytest.approx(expected, rel=1e-5)

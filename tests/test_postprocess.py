@@ -379,9 +379,11 @@ def test_solov2_tiny_model_end_to_end():
             np.testing.assert_allclose(other[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_pasting_matmuls_equal_the_4_tap_gathers():
+@pytest.mark.parametrize("columns_first", [None, False, True])
+def test_pasting_matmuls_equal_the_4_tap_gathers(columns_first):
     # benchmarks.paste keeps the gathers this replaced: both compose the same two resizes, so
-    # only float rounding at the threshold may differ (none here; allow one pixel in 10^5).
+    # only float rounding at the threshold may differ (none here; allow one pixel in 10^5),
+    # with the two matmuls in either order (None: columns first, the masks being wider).
     from benchmarks.paste import gather_paste
     from solo_tf.postprocess import _masks_to_original
 
@@ -389,7 +391,7 @@ def test_pasting_matmuls_equal_the_4_tap_gathers():
     small = rng.normal(0.0, 4.0, [2 * 3, 4, 5, 1]).astype(np.float32)
     probs = tf.reshape(tf.sigmoid(tf.image.resize(small, (16, 20))), [2, 3, 16, 20])
     info = tf.constant(_image_info(((50, 70), (45, 63)), ((90, 40), (64, 28))))
-    new = _masks_to_original(probs, info, 4, (90, 70), 0.5).numpy()
+    new = _masks_to_original(probs, info, 4, (90, 70), 0.5, columns_first).numpy()
     old = gather_paste(probs, info, 4, (90, 70), 0.5).numpy()
     assert new.shape == old.shape == (2, 3, 90, 70)
     assert new.any() and not new[0, :, 50:].any() and not new[1, :, :, 40:].any()
