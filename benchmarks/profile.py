@@ -347,7 +347,7 @@ def _solov2_parts(target: str, height: int, width: int, runs: int) -> list[tuple
     return rows + [(f"post-processing alone: {name}", ms) for name, ms in stages]
 
 
-def solov2_markdown(rows, runs: int) -> str:
+def solov2_markdown(rows, runs: int, dtype: str = "float32") -> str:
     from benchmarks.compare_report import LABEL  # noqa: PLC0415 (matplotlib)
 
     return "\n".join(
@@ -355,7 +355,7 @@ def solov2_markdown(rows, runs: int) -> str:
             SOLOV2_SECTION,
             "",
             "`python -m benchmarks.profile --parts=solov2` on "
-            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, {_SOLOV2_DTYPE.value}, "
+            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, {dtype}, "
             "batch 1, random "
             f"weights; median of {runs} calls after 2 warm-up calls. The two head rows are "
             "each half of the head alone on precomputed FPN outputs, and the post-processing "
@@ -422,7 +422,7 @@ def main(argv):
     if train_rows or infer_rows or post_rows:
         sections.append(markdown(train_rows, infer_rows, runs, post_rows))
     if "solov2" in _PARTS.value:
-        sections.append(solov2_markdown(profile_solov2(runs), runs))
+        sections.append(solov2_markdown(profile_solov2(runs), runs, _SOLOV2_DTYPE.value))
     for section in sections:
         print(section)
         if _WRITE_DOCS.value:

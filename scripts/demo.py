@@ -23,7 +23,7 @@ import time
 
 DEMO_DIR = os.environ.get("DEMO_DIR", "runs/demo")
 PY = os.environ.get("PYTHON", sys.executable)
-# DEMO_FLAGFILE picks another recipe (e.g. experiments/shapes_solov2.flags) for the same stages.
+# DEMO_FLAGFILE picks another recipe (e.g. experiments/shapes_decoupled.flags) for the same stages.
 FLAGFILE = os.environ.get("DEMO_FLAGFILE", "experiments/shapes.flags")
 # Extra options of the dataset stage (python -m solo_tf.data.shapes --helpfull), e.g.
 # DEMO_DATA_FLAGS="--num_train=1000 --train_variety=0.5" for the varied training looks (README:
@@ -34,15 +34,18 @@ BUDGET_S = 15 * 60
 # Calibration of the estimate, from make demo runs (README, "What make demo does"). Training
 # runs at TRAIN_EFFICIENCY * (matmul peak in the training precision) / (the recipe's forward
 # GFLOPs per image, averaged over its schedule) images per second, the train stage's start and
-# traces included. Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16: 0.120 for
-# shapes.flags (progressive resizing, 1200 early steps at 224: 13600 images of 1.96 GFLOPs on
+# traces included. Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16: 0.097 and
+# 0.085 for shapes.flags with the SOLOv2 head (13600 images of 1.69 GFLOPs on average in 755 s
+# at probe 314 and in 675 s at probe 402; its dynamic kernels and stride-4 Dice cost more per
+# FLOP of the forward pass); before
+# it, 0.120 for the Decoupled head (shapes_decoupled.flags: 13600 images of 1.96 GFLOPs on
 # average in 722 s at probe 309) and 0.133-0.142 for its neighbours with early steps at 256;
 # 0.160 for the 352 x 352 recipe (shapes_352.flags, 3.77 GFLOPs, 988 s at probe 325) and 0.134
 # for its 320 x 320 / stem-32 variant; before them 0.121 (session 12), 0.099-0.104 before the
 # fused normalisation kernels, 0.129 on an AVX2 EPYC in float32 (probe 114). The narrow demo
 # models are far from the matmul peak (small channel counts, normalisation, the loss, the input
 # pipeline on the same two cores, which weighs more on small images).
-TRAIN_EFFICIENCY = 0.12
+TRAIN_EFFICIENCY = 0.085
 # The rest (the probe, generate, evaluate twice, export, predict; training's start is in the
 # train stage): OTHER_STAGES_S plus OTHER_STAGES_GFLOP / peak s. Measured 2026-12-02 on the
 # AVX-512 BF16 EPYC: 127 s at probe 325 (shapes.flags) and 106 s at probe 362 (the 320 x 320

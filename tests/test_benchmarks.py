@@ -290,4 +290,6 @@ def test_profile_solov2_markdown_table():
     assert text.startswith(profile.SOLOV2_SECTION)
     assert "| SOLOv2 R50 | 512x512 | backbone | 412 |" in text
     assert "| SOLOv2-Light R50 | 448x768 | backbone | 10 |" in text
-    assert "median of 5 calls" in text
+    assert "median of 5 calls" in text and ", float32, batch 1" in text
+    text = profile.solov2_markdown([("solov2", "512x512", "backbone", 1.0)], 5, "bfloat16")
+    assert ", bfloat16, batch 1" in text

@@ -29,10 +29,10 @@ def load_demo():
 
 def test_expected_seconds_by_hand():
     demo = load_demo()
-    # 13600 images of 9.25 GFLOPs at 0.12 * 105 GFLOP/s: 13600 * 9.25 / 12.6 = 9984.13 s.
+    # 13600 images of 9.25 GFLOPs at 0.085 * 105 GFLOP/s: 13600 * 9.25 / 8.925 = 14095.24 s.
     train_s, total_s = demo.expected_seconds(13600, 9.25, 105.0)
     assert train_s == pytest.approx(13600 * 9.25 / (demo.TRAIN_EFFICIENCY * 105.0))
-    assert demo.TRAIN_EFFICIENCY == 0.12 and train_s == pytest.approx(9984.13, abs=0.01)
+    assert demo.TRAIN_EFFICIENCY == 0.085 and train_s == pytest.approx(14095.24, abs=0.01)
     assert total_s - train_s == pytest.approx(demo.OTHER_STAGES_S + demo.OTHER_STAGES_GFLOP / 105.0)
     # Twice the peak: half the training and half the peak-bound rest; a third of the FLOPs, a
     # third of the training.

@@ -40,6 +40,7 @@ def test_flagfiles_parse_into_configs():
         "r101",
         "decoupled_r50",
         "shapes",
+        "shapes_decoupled",
         "shapes_352",
         "shapes_384",
         "shapes_lite",
@@ -170,12 +171,12 @@ def test_shapes_lite_differs_from_the_demo_recipe_only_in_stem_and_mask_tower():
         assert getattr(lite, section) == getattr(demo, section), section
 
 
-def test_the_demo_recipe_differs_from_the_352_recipe_in_stem_and_early_steps_only():
-    """Issue 15's recipe (session 14): shapes_352.flags with a 32-wide stem and progressive
+def test_the_decoupled_recipe_differs_from_the_352_recipe_in_stem_and_early_steps_only():
+    """Issue 15's recipe of session 14: shapes_352.flags with a 32-wide stem and progressive
     resizing (the first 1200 steps at long side 224), nothing else."""
     full, demo = (
         solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
-        for name in ("shapes_352.flags", "shapes.flags")
+        for name in ("shapes_352.flags", "shapes_decoupled.flags")
     )
     assert demo.model == dataclasses.replace(full.model, backbone_stem_filters=32)
     early = {"early_steps": 1200, "early_size": 224, "early_copy_paste": 0.5}
@@ -183,3 +184,19 @@ def test_the_demo_recipe_differs_from_the_352_recipe_in_stem_and_early_steps_onl
     assert demo.data == dataclasses.replace(full.data, **early)
     for section in ("targets", "loss", "postprocess", "train"):
         assert getattr(demo, section) == getattr(full, section), section
+
+
+def test_the_demo_recipe_is_the_decoupled_one_with_the_solov2_head():
+    """The demo (session 15): shapes_decoupled.flags with the SOLOv2 head (E = 48 mask features
+    and kernels) at half the learning rate, nothing else."""
+    decoupled, demo = (
+        solo_flags.config_from_args([f"--flagfile={os.path.join(ROOT, 'experiments', name)}"])
+        for name in ("shapes_decoupled.flags", "shapes.flags")
+    )
+    head = {"head_type": "solov2", "mask_feature_channels": 48, "mask_feature_mid": 48}
+    assert decoupled.model.head_type == "decoupled"
+    assert demo.model == dataclasses.replace(decoupled.model, **head)
+    assert (demo.train.learning_rate, decoupled.train.learning_rate) == (0.0015, 0.003)
+    assert demo.train == dataclasses.replace(decoupled.train, learning_rate=0.0015)
+    for section in ("targets", "loss", "postprocess", "data"):
+        assert getattr(demo, section) == getattr(decoupled, section), section

@@ -1,4 +1,4 @@
-"""The decoupled head (what ``experiments/shapes.flags`` trains) and SOLOv2 through both
+"""The decoupled head and SOLOv2 (what ``experiments/shapes.flags`` trains) through both
 exports: the same detections as the Keras model, TFLite built-in operators only."""
 
 from __future__ import annotations
