@@ -137,33 +137,27 @@ def dynamic_positive_probs(outputs, mask_indices, num_grids):
 
     Args:
       outputs: the model's output dict with ``kernel_preds_{l}`` and ``mask_features``
-        [B, Hf, Wf, E]; B must be known when tracing (it is in training).
+        [B, Hf, Wf, E].
       mask_indices: int32 [B, G], G = sum of S^2 over the levels in level order (row
         k = i * S + j within a level), the instance of each cell, -1 for negatives.
       num_grids: S of each level.
 
     Returns:
       (probs float32 [P, Hf, Wf], batch_index int32 [P], rows int32 [P]): for each positive
-      pair, its mask (``dynamic_mask_probs`` of its kernel and its image's features, the
-      function the post-processing uses) and its image and instance. Pairs come image by
-      image, each image's levels in order: the masks of ``cell_mask_probs`` level by level,
-      in another order. All levels share the one mask feature map, so this is one matmul per
-      image instead of one per image and level (a fifth of the small ops of the training
-      step's mask loss at five levels, forward and backward).
+      pair, its mask (``_dynamic_pairs``, as ``cell_mask_probs`` and the post-processing
+      compute it) and its image and instance. Pairs come image by image, each image's levels
+      in order: the masks of ``cell_mask_probs`` level by level, in another order. All levels
+      share the one mask feature map, so with the batch size known when tracing this is one
+      matmul per image instead of one per image and level (a fifth of the small ops of the
+      training step's mask loss at five levels, forward and backward).
     """
-    features = outputs["mask_features"]
-    batch = features.shape[0]
-    if batch is None:
-        raise ValueError("dynamic_positive_probs needs a batch size known when tracing")
     kernels = tf.concat([level_kernels(outputs, level) for level in range(len(num_grids))], axis=1)
-    probs, batch_index, rows = [], [], []
-    for b in range(batch):
-        cells = tf.cast(tf.where(mask_indices[b] >= 0)[:, 0], tf.int32)  # [P_b]
-        picked = tf.gather(kernels[b], cells)  # [P_b, E]
-        probs.append(dynamic_mask_probs(features[b : b + 1], picked[None])[0])  # [P_b, Hf, Wf]
-        batch_index.append(tf.fill(tf.shape(cells), b))
-        rows.append(tf.gather(mask_indices[b], cells))
-    return tf.concat(probs, 0), tf.concat(batch_index, 0), tf.concat(rows, 0)
+    positives = tf.cast(tf.where(mask_indices >= 0), tf.int32)  # [P, 2]: (b, g), image by image
+    batch_index = positives[:, 0]
+    probs = _dynamic_pairs(
+        outputs["mask_features"], batch_index, tf.gather_nd(kernels, positives)
+    )  # [P, Hf, Wf]
+    return probs, batch_index, tf.gather_nd(mask_indices, positives)
 
 
 def _gather_channels_per_image(logits, cells):

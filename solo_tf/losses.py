@@ -109,7 +109,7 @@ def mask_loss_sum(outputs, mask_indices, instance_masks, model_config: ModelConf
       instance_masks: uint8 [B, N, H/4, W/4].
     """
     finest = min(model_config.mask_strides)
-    if model_config.head_type == "solov2" and outputs["mask_features"].shape[0] is not None:
+    if model_config.head_type == "solov2":
         # Every level's masks are on the one stride-4 map: all positives, image by image.
         probs, batch_index, rows = dynamic_positive_probs(
             outputs, mask_indices, model_config.num_grids

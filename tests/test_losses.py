@@ -296,10 +296,10 @@ def test_decoupled_dice_gradient_matches_finite_differences():
     assert _max_gradient_error(loss_of_x, x_logits) < 1e-7
 
 
-def test_solov2_mask_loss_all_levels_at_once_equals_level_by_level():
-    # Training (batch known when tracing) takes every positive of every level image by image
-    # (cell_masks.dynamic_positive_probs); with the batch unknown, the loss goes level by
-    # level. Same Dice terms, summed in another order.
+def test_solov2_mask_loss_of_all_levels_at_once_with_batch_known_or_not():
+    # The loss takes every positive of every level at once (cell_masks.dynamic_positive_probs):
+    # image by image with the batch known when tracing (training), each pair against every
+    # image with it unknown. Both equal a numpy Dice of sigmoid(kernel . features).
     rng = np.random.default_rng(5)
     masks = rng.integers(0, 2, size=(3, 2, 8, 8)).astype(np.uint8)
     positives = [(0, 0, 1, 0), (0, 4, 0, 1), (1, 2, 1, 1), (1, 3, 0, 0), (2, 1, 0, 1)]
@@ -308,7 +308,7 @@ def test_solov2_mask_loss_all_levels_at_once_equals_level_by_level():
     config = _config("solov2")
     at_once = mask_loss_sum(outputs, targets["mask_indices"], targets["instance_masks"], config)
     spec = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in outputs.items()}
-    by_level = tf.function(
+    unknown_batch = tf.function(
         lambda o: mask_loss_sum(o, targets["mask_indices"], targets["instance_masks"], config),
         input_signature=[spec],
     )(outputs)
@@ -322,4 +322,4 @@ def test_solov2_mask_loss_all_levels_at_once_equals_level_by_level():
         p, q = probs[b, cell].ravel(), masks[b, row].ravel().astype(np.float64)
         expected += 1 - 2 * (p * q).sum() / ((p * p).sum() + 1e-3 + (q * q).sum() + 1e-3)
     assert float(at_once) == pytest.approx(expected, rel=1e-5)
-    assert float(by_level) == pytest.approx(expected, rel=1e-5)
+    assert float(unknown_batch) == pytest.approx(expected, rel=1e-5)
