@@ -37,8 +37,9 @@ BUDGET_S = 15 * 60
 # traces included. Measured 2026-12-02 on issue 15's AVX-512 BF16 EPYC in bfloat16: 0.097 and
 # 0.085 for shapes.flags with the SOLOv2 head (13600 images of 1.69 GFLOPs on average in 755 s
 # at probe 314 and in 675 s at probe 402; its dynamic kernels and stride-4 Dice cost more per
-# FLOP of the forward pass); before it, 0.120 for the Decoupled head (shapes_decoupled.flags: 13600 images of 1.96 GFLOPs on
-# average in 722 s at probe 309) and 0.133-0.142 for its neighbours with early steps at 256;
+# FLOP of the forward pass); before it, 0.120 for the Decoupled head (shapes_decoupled.flags:
+# 13600 images of 1.96 GFLOPs on average in 722 s at probe 309) and 0.133-0.142 for its
+# neighbours with early steps at 256;
 # 0.160 for the 352 x 352 recipe (shapes_352.flags, 3.77 GFLOPs, 988 s at probe 325) and 0.134
 # for its 320 x 320 / stem-32 variant; before them 0.121 (session 12), 0.099-0.104 before the
 # fused normalisation kernels, 0.129 on an AVX2 EPYC in float32 (probe 114). The narrow demo
